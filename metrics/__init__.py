@@ -1,0 +1,32 @@
+"""The project's metrics: MedMNIST's ACC / AUC and the rest, as local `evaluate` modules, plus inference and plots.
+
+    scores = logits_to_scores(logits, task)                      # softmax, or sigmoid for multi-label
+    results = compute_metrics(scores, labels, task, label_names)  # plain JSON-serialisable dict
+
+`compute_metrics` runs the `evaluate` modules in `metrics/modules/` (loaded by path, never from the Hub, cached per
+process). `predict` (metrics.inference) is the distributed inference loop that evaluate.py and train.py share;
+`metrics.plots` draws the confusion matrix, ROC curves and reliability diagram; `metrics.report` formats the table.
+Import the `evaluate` library through `import_evaluate_library`: the repository's evaluate.py shadows it.
+"""
+
+from .compute import METRIC_NAMES, MODULES_DIR, TASKS, compute_metrics, load_metric, logits_to_scores, to_json_safe
+from .evaluate_library import import_evaluate_library, is_evaluate_library
+from .inference import predict
+from .report import format_report
+
+# Importing the package makes `evaluate` mean the library from here on, whatever sys.path holds.
+import_evaluate_library()
+
+__all__ = [
+    "METRIC_NAMES",
+    "MODULES_DIR",
+    "TASKS",
+    "compute_metrics",
+    "format_report",
+    "import_evaluate_library",
+    "is_evaluate_library",
+    "load_metric",
+    "logits_to_scores",
+    "predict",
+    "to_json_safe",
+]
