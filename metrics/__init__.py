@@ -9,7 +9,16 @@ process). `predict` (metrics.inference) is the distributed inference loop that e
 Import the `evaluate` library through `import_evaluate_library`: the repository's evaluate.py shadows it.
 """
 
-from .compute import METRIC_NAMES, MODULES_DIR, TASKS, compute_metrics, load_metric, logits_to_scores, to_json_safe
+from .compute import (
+    METRIC_NAMES,
+    MODULES_DIR,
+    TASKS,
+    compute_metrics,
+    load_metric,
+    load_metrics,
+    logits_to_scores,
+    to_json_safe,
+)
 from .evaluate_library import import_evaluate_library, is_evaluate_library
 from .inference import predict
 from .report import format_report
@@ -26,6 +35,7 @@ __all__ = [
     "import_evaluate_library",
     "is_evaluate_library",
     "load_metric",
+    "load_metrics",
     "logits_to_scores",
     "predict",
     "to_json_safe",

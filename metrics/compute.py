@@ -32,6 +32,12 @@ def load_metric(name: str, task: str):
     return evaluate.load(str(MODULES_DIR / f"{name}.py"), config_name=check_task(task), keep_in_memory=True)
 
 
+def load_metrics(task: str) -> dict:
+    """All of `METRIC_NAMES` for `task`, loaded (once per process). Call it early on every process to fail before
+    any inference if the modules cannot be loaded, rather than after it."""
+    return {name: load_metric(name, task) for name in METRIC_NAMES}
+
+
 def logits_to_scores(logits: torch.Tensor | np.ndarray, task: str) -> np.ndarray:
     """Scores the metrics take: softmax over the classes for single-label tasks, sigmoid per label for
     'multi-label, binary-class'. Returns float64 NumPy (N, K), computed in float64 (logits may be half precision)."""
@@ -126,4 +132,13 @@ def to_json_safe(value):
     return value
 
 
-__all__ = ["METRIC_NAMES", "MODULES_DIR", "TASKS", "compute_metrics", "load_metric", "logits_to_scores", "to_json_safe"]
+__all__ = [
+    "METRIC_NAMES",
+    "MODULES_DIR",
+    "TASKS",
+    "compute_metrics",
+    "load_metric",
+    "load_metrics",
+    "logits_to_scores",
+    "to_json_safe",
+]

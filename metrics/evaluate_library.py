@@ -7,6 +7,7 @@ pytest with the root as rootdir, `python -c ...` in the root), a plain `import e
 """
 
 import importlib
+import importlib.util
 import os
 import sys
 import warnings
@@ -40,6 +41,12 @@ def import_evaluate_library() -> ModuleType:
     saved_path = sys.path[:]
     sys.path[:] = [entry for entry in sys.path if not _shadows_library(entry)]
     try:
+        spec = importlib.util.find_spec("evaluate")
+        if spec is None or spec.submodule_search_locations is None:  # missing, or still a single-file module
+            raise ImportError(
+                "Cannot import Hugging Face's `evaluate` library: besides the folders holding an evaluate.py, "
+                f"sys.path offers {getattr(spec, 'origin', None)!r}. Install it: pip install -r requirements.txt."
+            )
         module = importlib.import_module("evaluate")
     finally:
         # Restore the caller's entries, keeping any the import appended (e.g. the modules cache).

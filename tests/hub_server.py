@@ -3,6 +3,7 @@
 `LocalHubServer` listens on 127.0.0.1 (free port, background thread) and answers the requests that
 `huggingface_hub` (2.4.x) and `transformers` (5.x) send for pushing a folder and loading it back:
 
+    POST      /api/validate-yaml                         upload_folder's check of a README.md's YAML header
     POST      /api/repos/create                          HfApi.create_repo (409 if it exists -> exist_ok)
     GET       /api/models/{ns}/{name}[/revision/{rev}]   model_info / repo_info: `sha` + `siblings`
     GET       /api/models/{ns}/{name}/tree/{rev}[/{dir}] list_repo_tree, used by snapshot_download
@@ -251,6 +252,18 @@ def _make_handler(hub: LocalHubServer) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self):
             self._dispatch("HEAD")
 
+        @staticmethod
+        def _validate_yaml(content: str):
+            if content.startswith("---"):
+                front_matter = content.split("---", 2)[1]
+                try:
+                    import yaml
+
+                    yaml.safe_load(front_matter)
+                except Exception as error:  # noqa: BLE001 - any parse failure is the client's 400
+                    return 400, {}, {"errors": [{"message": str(error)}], "warnings": []}
+            return 200, {}, {"errors": [], "warnings": []}
+
         def do_POST(self):
             self._dispatch("POST")
 
@@ -281,6 +294,10 @@ def _make_handler(hub: LocalHubServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
 
         def _route(self, method: str, path: str, query: dict, body: bytes):
+            if method == "POST" and path == "/api/validate-yaml":
+                # upload_folder checks a README.md's YAML front matter here; this server accepts what parses.
+                content = json.loads(body or b"{}").get("content", "")
+                return self._validate_yaml(content)
             if method == "POST" and path == "/api/repos/create":
                 return hub.create_repo(json.loads(body or b"{}"))
             api, resolve = _API.match(path), _RESOLVE.match(path)

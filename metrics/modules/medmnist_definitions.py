@@ -1,4 +1,4 @@
-"""The metric definitions behind the local `evaluate` modules: plain NumPy / scikit-learn / SciPy, no project imports.
+"""The metric definitions behind the local `evaluate` modules: plain NumPy and scikit-learn, no project imports.
 
 `evaluate.load` copies this file next to each module script that imports it (a relative import), so it must stay
 self-contained: no imports from the project, no relative imports of its own.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     balanced_accuracy_score,
@@ -43,6 +42,7 @@ ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017)
 
 
 def check_task(task: str) -> str:
+    """`task` itself if it is one of MedMNIST's task strings, else a `ValueError` listing them."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; MedMNIST tasks are: {', '.join(repr(t) for t in TASKS)}.")
     return task
@@ -53,8 +53,8 @@ def input_features(task: str):
     row per sample for multi-label."""
     import datasets  # only the evaluate modules need it
 
-    reference = datasets.Sequence(datasets.Value("int64")) if task == MULTI_LABEL else datasets.Value("int64")
-    return datasets.Features({"predictions": datasets.Sequence(datasets.Value("float64")), "references": reference})
+    reference = datasets.List(datasets.Value("int64")) if task == MULTI_LABEL else datasets.Value("int64")
+    return datasets.Features({"predictions": datasets.List(datasets.Value("float64")), "references": reference})
 
 
 def check_inputs(scores, labels, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -164,20 +164,33 @@ def per_class_auc(scores: np.ndarray, labels: np.ndarray, task: str) -> list[flo
     return [_roc_auc(truth[:, c], score[:, c]) for c in range(classes)]
 
 
-def rank_auc(truth: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """ROC AUC along the last axis from the Mann-Whitney U statistic (average ranks, so ties count one half).
+def weighted_auc(truth: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of one column under each row of sample weights: (N,), (N,), (B, N) -> (B,).
 
-    Equal to `roc_auc_score` but vectorised over leading axes, which makes the bootstrap fast. NaN where a row has
-    only positives or only negatives.
+    With integer weights (how often each sample is drawn) this is the AUC of the resampled data set: the
+    Mann-Whitney statistic, ties counting one half, exactly what `roc_auc_score` gives on the repeated samples.
+    Sorting once and summing weights per tied group makes the bootstrap O(B * N) instead of a sort per resample.
+    NaN where a row has no positive or no negative weight.
     """
-    truth = truth.astype(bool)
-    ranks = rankdata(score, axis=-1)
-    positives = truth.sum(axis=-1)
-    negatives = truth.shape[-1] - positives
-    rank_sum = np.where(truth, ranks, 0.0).sum(axis=-1)
+    order = np.argsort(score, kind="stable")
+    sorted_score = score[order]
+    group_starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+    positive = truth[order].astype(bool)
+    weights = weights[:, order]
+    positive_weight = np.add.reduceat(np.where(positive, weights, 0.0), group_starts, axis=1)  # (B, groups)
+    negative_weight = np.add.reduceat(np.where(positive, 0.0, weights), group_starts, axis=1)
+    negatives_below = np.cumsum(negative_weight, axis=1) - negative_weight
+    wins = (positive_weight * (negatives_below + 0.5 * negative_weight)).sum(axis=1)
+    pairs = positive_weight.sum(axis=1) * negative_weight.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
-    return np.where((positives > 0) & (negatives > 0), auc, np.nan)
+        return np.where(pairs > 0, wins / pairs, np.nan)
+
+
+def resample_counts(rng: np.random.Generator, n: int, resamples: int) -> np.ndarray:
+    """(resamples, n) float counts of how often each of the n samples is drawn in n draws with replacement."""
+    indices = rng.integers(0, n, size=(resamples, n))
+    flat = (indices + n * np.arange(resamples)[:, None]).ravel()
+    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
 def correct_per_sample(scores: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
@@ -193,7 +206,7 @@ def bootstrap_ci(
 ) -> dict:
     """Percentile bootstrap intervals for ACC and AUC: `samples` resamples of the N cases, drawn with replacement.
 
-    ACC and AUC are computed on the same resamples with the definitions above (AUC through `rank_auc`). Resamples
+    ACC and AUC are computed on the same resamples with the definitions above (AUC through `weighted_auc`). Resamples
     whose AUC is undefined (a class missing from the resample) are dropped from the AUC interval and counted.
     Returns {"acc_ci95": [lo, hi], "auc_ci95": [lo, hi] or None, "auc_resamples_dropped": int}.
     """
@@ -201,12 +214,12 @@ def bootstrap_ci(
     n = labels.shape[0]
     correct = correct_per_sample(scores, labels, task)
     truth, score = auc_columns(scores, labels, task)
-    chunk = max(1, 2_000_000 // n)  # resamples per step, keeps the (chunk, N) rank arrays around 16 MB
+    chunk = max(1, 2_000_000 // n)  # resamples per step: keeps the (chunk, N) arrays around 16 MB
     acc_values, auc_values = [], []
     for start in range(0, samples, chunk):
-        indices = rng.integers(0, n, size=(min(chunk, samples - start), n))
-        acc_values.append(correct[indices].mean(axis=1))
-        column_aucs = [rank_auc(truth[indices, j], score[indices, j]) for j in range(truth.shape[1])]
+        counts = resample_counts(rng, n, min(chunk, samples - start))
+        acc_values.append(counts @ correct / n)
+        column_aucs = [weighted_auc(truth[:, j], score[:, j], counts) for j in range(truth.shape[1])]
         auc_values.append(np.mean(column_aucs, axis=0))  # NaN if any column is undefined, as in get_auc
     acc_values, auc_values = np.concatenate(acc_values), np.concatenate(auc_values)
     valid_auc = auc_values[~np.isnan(auc_values)]

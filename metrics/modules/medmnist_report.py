@@ -42,7 +42,7 @@ Returns:
     acc_ci95, auc_ci95: [low, high] or None; auc_resamples_dropped: resamples whose AUC was undefined.
 Example:
     >>> report = evaluate.load("metrics/modules/medmnist_report.py", "binary-class")
-    >>> report.compute(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[0, 1], bootstrap_samples=0)["ece"]
+    >>> round(report.compute(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[0, 1], bootstrap_samples=0)["ece"], 4)
     0.15
 """
 

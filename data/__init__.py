@@ -1,0 +1,87 @@
+"""MedMNIST data for the whole project: verified official files -> cached `datasets.DatasetDict` -> device tensors
+-> batched on-device augmentation.
+
+    from data import load_medmnist, medmnist_info, DeviceSplit, channel_mean_std, index_loader
+    from data import AugmentationConfig, BatchTransform, mix_batch
+
+    dataset = load_medmnist("bloodmnist", size=28)             # splits train / validation / test
+    info = medmnist_info(dataset)                               # task, channels, label names, licence, file, md5
+    train = DeviceSplit.from_dataset(dataset["train"], device)  # uint8 (N, C, H, W) on the device
+    mean, std = channel_mean_std(train.images)
+    transform = BatchTransform(AugmentationConfig.seed(), image_size=72, mean=mean, std=std).to(device)
+    loader = accelerator.prepare(index_loader(len(train), 128, shuffle=True, seed=0))
+    for epoch in ...:
+        loader.set_epoch(epoch)
+        for indices in loader:
+            images, labels = train.batch(indices)
+            pixel_values = transform(images, train=True)
+            pixel_values, targets = mix_batch(pixel_values, labels, info.num_labels, config)  # optional
+
+Files are read from `data_dir`, else `$MEDMNIST_DATA_DIR`, else `~/.medmnist`; the Arrow conversion is cached in
+`$HF_DATASETS_CACHE/medmnist` (see `data.loading`).
+"""
+
+from .augmentation import (
+    AUGMENTATION_PRESETS,
+    FILL_MODES,
+    AugmentationConfig,
+    BatchTransform,
+    mix_batch,
+    processor_mean_std,
+    targets_from_labels,
+)
+from .device_pipeline import (
+    DeviceSplit,
+    EpochShuffleSampler,
+    IndexDataset,
+    IndexLoader,
+    channel_mean_std,
+    index_loader,
+)
+from .info import MedMNISTInfo, medmnist_info
+from .loading import CACHE_FORMAT_VERSION, default_cache_dir, load_medmnist
+from .medmnist_files import (
+    DATA_DIR_ENV,
+    SIZES,
+    MedMNISTDataError,
+    expected_md5,
+    file_md5,
+    file_url,
+    flags_2d,
+    flags_3d,
+    locate_npz,
+    npz_filename,
+    resolve_data_dir,
+)
+
+__all__ = [
+    "AUGMENTATION_PRESETS",
+    "CACHE_FORMAT_VERSION",
+    "DATA_DIR_ENV",
+    "FILL_MODES",
+    "SIZES",
+    "AugmentationConfig",
+    "BatchTransform",
+    "DeviceSplit",
+    "EpochShuffleSampler",
+    "IndexDataset",
+    "IndexLoader",
+    "MedMNISTDataError",
+    "MedMNISTInfo",
+    "channel_mean_std",
+    "default_cache_dir",
+    "expected_md5",
+    "file_md5",
+    "file_url",
+    "flags_2d",
+    "flags_3d",
+    "index_loader",
+    "load_medmnist",
+    "locate_npz",
+    "medmnist_info",
+    "mix_batch",
+    "npz_filename",
+    "processor_mean_std",
+    "resolve_data_dir",
+    "targets_from_labels",
+]

@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""Evaluate a saved checkpoint on a MedMNIST split, on one or many processes through accelerate.
+
+    accelerate launch evaluate.py --model_name_or_path runs/<run>/best --dataset breastmnist
+    python evaluate.py --model_name_or_path user/medmnist-vit --dataset bloodmnist --split validation
+
+The checkpoint is any `save_pretrained` folder of this project (or its Hub id): the model loads with
+`from_pretrained(trust_remote_code=True)`, its image processor gives the input size and normalisation. A checkpoint
+whose channels, input size or labels do not fit the data set is refused before any inference.
+
+Writes to `--output_dir` (default `<checkpoint>-eval-<split>` beside the checkpoint, or `./eval-<dataset>-<split>`
+for a Hub id), from the main process only:
+    metrics.json             MedMNIST's ACC and AUC with 95% bootstrap intervals, balanced accuracy, per-class
+                             precision / recall / F1 / AUC, confusion matrix, ECE; the model, split and data file MD5
+    confusion_matrix.png, roc_curves.png, reliability_diagram.png
+    predictions.npz          the scores and labels the metrics were computed from
+and prints the same metrics as a table. Each sample is counted exactly once whatever the number of processes.
+
+Note: this file shares its name with Hugging Face's `evaluate` library. The project imports the library through
+`metrics.import_evaluate_library`; a plain `import evaluate` that lands on this file hands over to the library (below).
+"""
+
+if __name__ == "evaluate":
+    # `import evaluate` found this script because the repository root is on sys.path. Give the name to the library:
+    # the import machinery returns whatever sys.modules["evaluate"] holds once this file has run.
+    import sys as _sys
+
+    del _sys.modules["evaluate"]
+    from metrics.evaluate_library import import_evaluate_library as _import_evaluate_library
+
+    _import_evaluate_library()
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+import data
+import metrics
+from data.medmnist_files import check_flag_and_size
+from metrics import plots
+
+logger = get_logger(__name__)
+
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"val": "validation"}  # medmnist's own name for the validation split
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be loaded, or does not fit the data set; the message says why."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the arguments; a bad one exits here (status 2), before any file is read or written."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--model_name_or_path", required=True,
+        help="A checkpoint folder saved by this project (save_pretrained + image processor) or its Hub model id.")
+    add("--revision", default=None, help="Branch, tag or commit of a Hub checkpoint (default: main).")
+    add("--dataset", required=True, help="MedMNIST 2D flag, e.g. breastmnist, bloodmnist.")
+    add("--split", default="test", choices=[*SPLITS, *SPLIT_ALIASES], help="Split to evaluate (default: test).")
+    add("--data_dir", default=None, help="Folder with the MedMNIST npz files (default: $MEDMNIST_DATA_DIR, then "
+                                         "medmnist's root, ~/.medmnist).")
+    add("--image_size", type=int, default=28, choices=data.SIZES,
+        help="Size of the MedMNIST file to read (default 28); the checkpoint's processor resizes to the model input.")
+    add("--output_dir", default=None, help="Default: <checkpoint>-eval-<split> (beside it) for a local checkpoint, else "
+                                           "./eval-<dataset>-<split>.")
+    add("--per_device_eval_batch_size", type=int, default=256, help="Batch size per process (default 256).")
+    add("--no_verify_checksum", action="store_true",
+        help="Accept a data file whose MD5 differs from medmnist.INFO (synthetic or re-packed files). Logged loudly "
+             "and recorded in metrics.json.")
+    add("--bootstrap_samples", type=int, default=1000,
+        help="Resamples for the 95%% intervals of ACC and AUC (default 1000; 0 skips them).")
+    add("--seed", type=int, default=42, help="Seed of the bootstrap resampling (default 42, train.py's default, so "
+                                             "that the test metrics of a training run are reproduced exactly).")
+    args = parser.parse_args(argv)
+
+    args.split = SPLIT_ALIASES.get(args.split, args.split)
+    try:
+        args.dataset, _ = check_flag_and_size(args.dataset, args.image_size)
+    except data.MedMNISTDataError as error:
+        parser.error(str(error))
+    if args.per_device_eval_batch_size < 1:
+        parser.error(f"--per_device_eval_batch_size must be at least 1, got {args.per_device_eval_batch_size}.")
+    if args.bootstrap_samples < 0:
+        parser.error(f"--bootstrap_samples must be 0 (no intervals) or more, got {args.bootstrap_samples}.")
+
+    local = Path(args.model_name_or_path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            parser.error(f"{local} is a folder but not a checkpoint: it has no config.json (pass the folder that "
+                         "save_pretrained wrote, e.g. runs/<run>/best).")
+        args.model_name_or_path = str(local)
+        default_output = local.with_name(f"{local.name}-eval-{args.split}")
+    else:
+        try:
+            validate_repo_id(args.model_name_or_path)
+        except HFValidationError:
+            parser.error(f"--model_name_or_path {args.model_name_or_path!r} is neither an existing checkpoint folder "
+                         "nor a valid Hub model id (namespace/name).")
+        default_output = Path(f"eval-{args.dataset}-{args.split}")
+    args.output_dir = Path(args.output_dir).expanduser() if args.output_dir else default_output
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        parser.error(f"--output_dir {args.output_dir} exists and is not a folder.")
+    return args
+
+
+def load_checkpoint_description(name_or_path: str, revision: str | None):
+    """(config, image processor) of a checkpoint: everything the fit check needs, without loading the weights."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision)
+    except (OSError, ValueError) as error:  # not found, offline without a cached copy, no processor saved, ...
+        raise CheckpointError(f"Cannot load the checkpoint {name_or_path!r}: {error}") from error
+    return config, processor
+
+
+def hub_commit(name_or_path: str, revision: str | None) -> str | None:
+    """The Hub commit a checkpoint id resolved to (read from the local cache, so it works offline); None if local."""
+    if Path(name_or_path).is_dir():
+        return None
+    try:
+        config_path = Path(hf_hub_download(name_or_path, "config.json", revision=revision))
+    except Exception:  # noqa: BLE001 - provenance only; the model itself loaded fine
+        return None
+    return config_path.parent.name if config_path.parent.parent.name == "snapshots" else None
+
+
+def processor_geometry(processor) -> tuple[int | None, int | None, list[float], list[float]]:
+    """(height, width, mean, std) the image processor produces; height/width None if it does not resize."""
+    size = processor.size if getattr(processor, "do_resize", True) else {}
+    mean, std = processor.image_mean, processor.image_std
+    as_list = (lambda v: [float(v)] if isinstance(v, (int, float)) else [float(x) for x in v])
+    return size.get("height"), size.get("width"), as_list(mean), as_list(std)
+
+
+def _is_default_label_name(index: int, name: str) -> bool:
+    return name == f"LABEL_{index}"  # what transformers fills in when no names were given
+
+
+def check_checkpoint_fits(config, processor, info: data.MedMNISTInfo, name: str = "The checkpoint") -> None:
+    """Raise `CheckpointError` listing every way the checkpoint does not fit the data set `info` describes."""
+    problems = []
+    channels = getattr(config, "num_channels", None)
+    if channels != info.num_channels:
+        problems.append(f"it takes {channels}-channel images; {info.flag} images have {info.num_channels} channel(s)")
+    if config.num_labels != info.num_labels:
+        problems.append(f"it predicts {config.num_labels} labels; {info.flag} has {info.num_labels} "
+                        f"({', '.join(info.label_names)})")
+    else:
+        names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+        if not all(_is_default_label_name(i, n) for i, n in enumerate(names)) and names != info.label_names:
+            problems.append(f"its labels are {names}; {info.flag}'s are {info.label_names}")
+    expected_problem_type = info.problem_type
+    if config.problem_type not in (None, expected_problem_type):
+        problems.append(f"it was trained for {config.problem_type}; {info.flag} ({info.task}) needs "
+                        f"{expected_problem_type}")
+    input_size = getattr(config, "image_size", None)
+    height, width, mean, std = processor_geometry(processor)
+    if height is None or width is None:
+        if input_size is not None and input_size != info.size:
+            problems.append(f"its image processor does not resize and the model takes {input_size} px inputs; "
+                            f"the {info.flag} file has {info.size} px images (pass --image_size {input_size})")
+    elif input_size is not None and (height, width) != (input_size, input_size):
+        problems.append(f"its image processor resizes to {height}×{width} px but the model takes {input_size}×"
+                        f"{input_size} px inputs (an inconsistent checkpoint)")
+    if not len(mean) == len(std) == info.num_channels:
+        problems.append(f"its image processor normalises {len(mean)} channel(s); {info.flag} images have "
+                        f"{info.num_channels}")
+    if problems:
+        raise CheckpointError(
+            f"{name} does not fit {info.flag} ({info.size} px, {info.task}, {info.num_channels} channel(s), "
+            f"{info.num_labels} labels):\n  - " + "\n  - ".join(problems)
+            + f"\nEvaluate it on the data set it was trained on, or train a model for {info.flag} "
+            f"(train.py --dataset {info.flag})."
+        )
+
+
+def write_outputs(output_dir: Path, record: dict, scores: np.ndarray, labels: np.ndarray, info) -> None:
+    """Plots, predictions and, last, metrics.json; each file written beside its final name and then renamed."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results, title = record["metrics"], f"{info.flag} ({record['dataset']['split']})"
+
+    def publish(name: str, write) -> None:
+        tmp = output_dir / f".tmp-{name}"
+        write(tmp)
+        os.replace(tmp, output_dir / name)
+
+    def write_predictions(path):
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, scores=scores, labels=labels)
+
+    publish("confusion_matrix.png", lambda p: plots.save_confusion_matrix(
+        results["confusion_matrix"], info.label_names, p, title=f"Confusion matrix, {title}"))
+    publish("roc_curves.png", lambda p: plots.save_roc_curves(scores, labels, info.task, info.label_names, p))
+    publish("reliability_diagram.png", lambda p: plots.save_reliability_diagram(scores, labels, info.task, p))
+    publish("predictions.npz", write_predictions)
+    publish("metrics.json", lambda p: p.write_text(json.dumps(metrics.to_json_safe(record), indent=2,
+                                                                allow_nan=False) + "\n"))
+
+
+def main(argv=None) -> dict | None:
+    """Run the evaluation; returns the metrics.json record on the main process, None on the others."""
+    args = parse_args(argv)
+    accelerator = Accelerator()
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO if accelerator.is_main_process else logging.ERROR)
+    if not accelerator.is_local_main_process:  # one set of logs and progress bars per machine
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    if args.no_verify_checksum:
+        logger.warning("!" * 100 + f"\n!! --no_verify_checksum: a {args.dataset} file whose MD5 differs from the "
+                       "official release is ACCEPTED. These metrics are MedMNIST benchmark numbers only if "
+                       "metrics.json shows checksum_verified: true.\n" + "!" * 100)
+
+    # 1. What the checkpoint expects and what the data set is, checked against each other before any inference.
+    config, processor = load_checkpoint_description(args.model_name_or_path, args.revision)
+    with accelerator.main_process_first():  # one process converts / downloads, the others read its cache
+        dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
+                                     verify_checksum=not args.no_verify_checksum)
+    info = data.medmnist_info(dataset)
+    check_checkpoint_fits(config, processor, info, name=f"The checkpoint {args.model_name_or_path!r}")
+    metrics.load_metrics(info.task)  # the local evaluate modules, on every process: a loading problem shows up now
+
+    # 2. The model (no DDP wrapper: inference needs no gradient synchronisation) and the processor's transform.
+    model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path, revision=args.revision,
+                                                            trust_remote_code=True)
+    model.to(accelerator.device)
+    height, _, mean, std = processor_geometry(processor)
+    transform = data.BatchTransform(data.AugmentationConfig.preset("none"), height or info.size, mean, std)
+    transform.to(accelerator.device)
+    split = data.DeviceSplit.from_dataset(dataset[args.split], accelerator.device)
+    logger.info(f"Evaluating {args.model_name_or_path} ({config.model_type}) on {info.flag} {args.split}: "
+                f"{len(split)} images on {accelerator.num_processes} process(es), "
+                f"{args.per_device_eval_batch_size} per batch")
+
+    # 3. Every process predicts its share; all of them get every sample back exactly once.
+    scores, labels = metrics.predict(model, split, transform, accelerator, args.per_device_eval_batch_size,
+                                     info.task, desc=f"Evaluating {args.split}")
+
+    # 4. Metrics, report and files from the main process.
+    record = None
+    if accelerator.is_main_process:
+        results = metrics.compute_metrics(scores, labels, info.task, info.label_names,
+                                          bootstrap_samples=args.bootstrap_samples, seed=args.seed)
+        record = {
+            "model": {
+                "name_or_path": args.model_name_or_path,
+                "revision": args.revision,
+                "commit": hub_commit(args.model_name_or_path, args.revision),  # the Hub commit actually loaded
+                "model_type": config.model_type,
+                "num_parameters": sum(p.numel() for p in model.parameters()),
+            },
+            "dataset": {
+                "flag": info.flag, "size": info.size, "split": args.split, "task": info.task,
+                "num_samples": len(split), "file": info.file_path, "md5": info.md5,
+                "expected_md5": info.expected_md5, "checksum_verified": info.checksum_verified,
+                "checksum_check_skipped": args.no_verify_checksum,
+            },
+            "metrics": results,
+            "run": {
+                "num_processes": accelerator.num_processes,
+                "per_device_eval_batch_size": args.per_device_eval_batch_size,
+                "mixed_precision": accelerator.mixed_precision,
+                "torch": torch.__version__,
+            },
+        }
+        write_outputs(args.output_dir, record, scores, labels, info)
+        title = (f"{info.flag} {args.split} ({info.size} px, {len(split)} images), model "
+                 f"{args.model_name_or_path}" + ("" if info.checksum_verified else "  [data MD5 NOT verified]"))
+        print("\n" + metrics.format_report(results, title=title) + f"\n\nWritten to {args.output_dir}/", flush=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return record
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (CheckpointError, data.MedMNISTDataError) as error:
+        sys.exit(f"evaluate.py: error: {error}")

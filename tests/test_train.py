@@ -1,0 +1,261 @@
+"""train.py: short real runs on synthetic data (files, TensorBoard, resume, 2 processes, 2 machines, Hub, errors)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthetic import write_synthetic_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "hf_secretTOKEN0123456789"
+# A small, fast configuration: dropout off so that runs on different process counts can agree.
+TINY_VIT = ("image_size=28,patch_size=7,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,attention_head_dim=8,"
+            "intermediate_size=32,head_hidden_sizes=[32],hidden_dropout_prob=0,attention_probs_dropout_prob=0,"
+            "head_dropout_prob=0,drop_path_rate=0")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("medmnist")
+    write_synthetic_npz(directory, "breastmnist", n_train=96, n_val=40, n_test=44, seed=0)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_args(data_dir, output_dir, *extra):
+    return ["--dataset", "breastmnist", "--data_dir", str(data_dir), "--no_verify_checksum", "--output_dir",
+            str(output_dir), "--per_device_eval_batch_size", "16", *extra]
+
+
+def run(command, env=None, timeout=600, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{command}\nSTDOUT:\n{result.stdout[-3000:]}\nSTDERR:\n{result.stderr[-5000:]}"
+    return result
+
+
+def python_train(*args, **kwargs):
+    return run([sys.executable, "train.py", *args], **kwargs)
+
+
+def accelerate_train(launch_args, *args, **kwargs):
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, "train.py", *args]
+    return run(command, env={"ACCELERATE_USE_CPU": "1", **kwargs.pop("env", {})}, **kwargs)
+
+
+def read_results(output_dir) -> dict:
+    return json.loads((Path(output_dir) / "all_results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def short_run(data_dir, tmp_path_factory):
+    """One real 3-epoch run of the CNN, kept for several tests to inspect."""
+    output_dir = tmp_path_factory.mktemp("run") / "cnn"
+    result = python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_epochs", "3",
+                                      "--per_device_train_batch_size", "16", "--logging_steps", "2",
+                                      "--checkpoints_total_limit", "5", "--augmentation", "seed"))
+    return output_dir, result
+
+
+def test_short_run_writes_models_results_and_checkpoints(short_run):
+    output_dir, _ = short_run
+    for folder in ("best", "last"):
+        files = set(os.listdir(output_dir / folder))
+        assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_cnn.py"} <= files
+    results = read_results(output_dir)
+    assert results["best_epoch"] in (1, 2, 3)
+    assert len(results["validation_history"]) == 3
+    for key in ("acc", "auc", "acc_ci95", "auc_ci95"):
+        assert results["test_metrics"][key] is not None
+    assert results["config"]["model"] == "cnn" and results["config"]["num_epochs"] == 3
+    assert results["hardware"]["num_processes"] == 1
+    assert results["wall_clock_seconds"] > 0
+    checkpoints = sorted(p.name for p in (output_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step_12", "step_18", "step_6"], checkpoints  # 96 / 16 = 6 updates per epoch
+    # The synthetic images carry their label: three epochs must beat chance clearly.
+    assert results["test_metrics"]["auc"] > 0.8
+
+
+def test_best_model_loads_with_from_pretrained_and_pipeline(short_run):
+    output_dir, _ = short_run
+    from transformers import AutoModelForImageClassification, pipeline
+    import numpy as np
+    from PIL import Image
+
+    model = AutoModelForImageClassification.from_pretrained(output_dir / "best", trust_remote_code=True)
+    assert model.config.id2label == {0: "malignant", 1: "normal, benign"}
+    classify = pipeline("image-classification", model=str(output_dir / "best"), trust_remote_code=True)
+    predictions = classify(Image.fromarray(np.zeros((28, 28), dtype=np.uint8)))
+    assert {p["label"] for p in predictions} == {"malignant", "normal, benign"}
+
+
+def test_evaluate_py_on_best_reproduces_the_runs_test_metrics(short_run, data_dir):
+    output_dir, _ = short_run
+    run([sys.executable, "evaluate.py", "--model_name_or_path", str(output_dir / "best"), "--dataset", "breastmnist",
+         "--data_dir", str(data_dir), "--no_verify_checksum", "--seed", "42"])
+    evaluated = json.loads((output_dir / "best-eval-test" / "metrics.json").read_text())["metrics"]
+    assert evaluated == read_results(output_dir)["test_metrics"]
+
+
+def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir, _ = short_run
+    event_files = list((output_dir / "runs").rglob("events.out.tfevents.*"))
+    assert event_files, "no TensorBoard event file"
+    tags = {"scalars": set(), "images": set(), "tensors": set()}
+    values = {}
+    for event_file in event_files:
+        accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+        accumulator.Reload()
+        for kind in tags:
+            tags[kind] |= set(accumulator.Tags()[kind])
+        for tag in accumulator.Tags()["scalars"]:
+            values[tag] = [e.value for e in accumulator.Scalars(tag)]
+    for tag in ("train/loss", "train/learning_rate", "train/images_per_second", "validation/acc", "validation/auc"):
+        assert tag in tags["scalars"], f"{tag} missing from {sorted(tags['scalars'])}"
+    assert len(values["validation/auc"]) == 3
+    assert all(v > 0 for v in values["train/images_per_second"])
+    assert {"train/augmented_samples", "validation/confusion_matrix"} <= tags["images"], tags["images"]
+    hparams = list((output_dir / "runs").rglob("hparams.yml"))
+    assert hparams and "learning_rate" in hparams[0].read_text()
+
+
+def test_resume_from_an_epoch_checkpoint_ends_exactly_like_the_straight_run(short_run, data_dir, tmp_path):
+    output_dir, _ = short_run
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(output_dir, resumed_dir)
+    # Pretend the run stopped after epoch 1: only its checkpoint survives.
+    for name in ("step_12", "step_18"):
+        shutil.rmtree(resumed_dir / "checkpoints" / name)
+    for name in ("best", "last", "all_results.json"):
+        path = resumed_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    python_train(*train_args(data_dir, resumed_dir, "--model", "cnn", "--num_epochs", "3", "--per_device_train_batch_size", "16",
+                             "--logging_steps", "2", "--checkpoints_total_limit", "5", "--augmentation", "seed",
+                             "--resume_from_checkpoint", "latest"))
+    straight, resumed = read_results(output_dir), read_results(resumed_dir)
+    assert resumed["validation_history"] == straight["validation_history"]
+    assert resumed["test_metrics"] == straight["test_metrics"]
+    assert resumed["best_epoch"] == straight["best_epoch"]
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(data_dir, tmp_path):
+    common = ("--model", "vit", "--config_overrides", TINY_VIT, "--augmentation", "none", "--num_epochs", "2",
+              "--label_smoothing", "0", "--checkpointing_steps", "1000", "--report_to", "none")
+    accelerate_train(["--num_processes", "1"], *train_args(data_dir, tmp_path / "one", *common,
+                                                           "--per_device_train_batch_size", "32"))
+    accelerate_train(["--config_file", str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port",
+                      str(free_port())],
+                     *train_args(data_dir, tmp_path / "two", *common, "--per_device_train_batch_size", "16"))
+    one, two = read_results(tmp_path / "one"), read_results(tmp_path / "two")
+    assert two["hardware"]["num_processes"] == 2
+    # Same samples in every global batch; only the order of float sums differs: stated tolerance 1e-3.
+    for a, b in zip(one["validation_history"], two["validation_history"]):
+        for key in ("acc", "auc", "loss"):
+            assert abs(a["metrics"][key] - b["metrics"][key]) < 1e-3, (key, a["metrics"][key], b["metrics"][key])
+
+
+def test_two_machines_on_localhost_train_together(data_dir, tmp_path):
+    port = str(free_port())
+    common = ("--model", "cnn", "--num_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
+    machines = []
+    for rank in (0, 1):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                   "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                   "--main_process_port", port, "train.py",
+                   *train_args(data_dir, tmp_path / "run", *common)]
+        machines.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
+    outputs = [m.communicate(timeout=600) for m in machines]
+    for machine, (stdout, stderr) in zip(machines, outputs):
+        assert machine.returncode == 0, stderr[-5000:]
+    results = read_results(tmp_path / "run")
+    assert results["hardware"]["num_processes"] == 2
+    assert results["global_step"] == 3  # 96 samples / (16 × 2 processes)
+
+
+def test_push_to_hub_uploads_a_loadable_model_card_and_logs(local_hub, data_dir, tmp_path):
+    output_dir = tmp_path / "pushed"
+    result = python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_epochs", "2",
+                                      "--per_device_train_batch_size", "32", "--push_to_hub", "--hub_model_id",
+                                      "medmnist/cnn-breast", "--hub_token", SECRET),
+                          env={"HF_HUB_OFFLINE": "0"})
+    files = local_hub.repos["medmnist/cnn-breast"]
+    assert {"config.json", "model.safetensors", "modeling_cnn.py", "configuration_cnn.py", "README.md",
+            "preprocessor_config.json", "all_results.json"} <= set(files)
+    assert any(path.startswith("runs/") and "tfevents" in path for path in files)
+    card = files["README.md"].decode()
+    assert "| test |" in card and "breastmnist" in card and "cc-by-4.0" in card and "--hub_token ***" in card
+    assert len(local_hub.commits) >= 2  # one push per epoch checkpoint (background) and the final one
+    # Rebuild the repository from what was committed and load it.
+    rebuilt = tmp_path / "rebuilt"
+    for path, content in files.items():
+        (rebuilt / path).parent.mkdir(parents=True, exist_ok=True)
+        (rebuilt / path).write_bytes(content)
+    from transformers import AutoModelForImageClassification
+
+    pushed = AutoModelForImageClassification.from_pretrained(rebuilt, trust_remote_code=True).eval()
+    local = AutoModelForImageClassification.from_pretrained(output_dir / "best", trust_remote_code=True).eval()
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(pushed(x).logits, local(x).logits, rtol=0, atol=0)
+    # The token travels only in the Authorization header: never in the repo, the logs or the run's files.
+    assert SECRET in local_hub.tokens
+    assert all(SECRET.encode() not in content for content in files.values())
+    assert SECRET not in result.stdout + result.stderr
+    for path in output_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "resnet"], "invalid choice: 'resnet'"),
+        (["--dataset", "nosuchmnist"], "nosuchmnist"),
+        (["--dataset", "bloodmnist"], "bloodmnist.npz"),
+        (["--model", "vit", "--config_overrides", "patch_size=5"], "does not divide"),
+    ],
+)
+def test_bad_arguments_fail_before_writing_anything(data_dir, tmp_path, args, message):
+    output_dir = tmp_path / "never"
+    result = python_train(*train_args(data_dir, output_dir, *args), check=False)
+    assert result.returncode == 2
+    assert message in result.stderr + result.stdout
+    assert not output_dir.exists()
+
+
+def test_resuming_a_checkpoint_of_another_model_is_refused(short_run, data_dir, tmp_path):
+    output_dir, _ = short_run
+    checkpoint = sorted((output_dir / "checkpoints").iterdir())[0]
+    new_dir = tmp_path / "other"
+    result = python_train(*train_args(data_dir, new_dir, "--model", "vit", "--config_overrides", TINY_VIT,
+                                      "--resume_from_checkpoint", str(checkpoint)), check=False)
+    assert result.returncode == 2
+    assert "was made by model 'cnn'" in result.stdout + result.stderr
+    assert not new_dir.exists()
+
+
+def test_non_finite_loss_stops_with_a_clear_message(data_dir, tmp_path):
+    result = python_train(*train_args(data_dir, tmp_path / "nan", "--model", "cnn", "--num_epochs", "2",
+                                      "--per_device_train_batch_size", "16", "--learning_rate", "1e30",
+                                      "--optimizer", "sgd", "--max_grad_norm", "0", "--logging_steps", "1",
+                                      "--report_to", "none"), check=False)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "non-finite" in result.stdout + result.stderr
+    assert not (tmp_path / "nan" / "all_results.json").exists()

@@ -1,0 +1,487 @@
+#!/usr/bin/env python
+"""Train a CNN, ViT or ViT + SPT + LSA on a MedMNIST data set, on one or many processes through accelerate.
+
+    accelerate launch train.py --model vit_lsa --dataset breastmnist
+    python train.py --model cnn --dataset bloodmnist --data_dir ../shared/data/medmnist   # one process
+
+Each epoch validates on the validation split (ACC / AUC as MedMNIST defines them); the best model by
+`--selection_metric` goes to `output_dir/best`, the latest to `output_dir/last` (both `save_pretrained` folders with
+their image processor); at the end `best` is evaluated once on the test split and everything is written to
+`output_dir/all_results.json`. Mixed precision comes from accelerate (`accelerate launch --mixed_precision bf16`).
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+import datasets
+import transformers
+from transformers import SchedulerType, get_scheduler
+
+import data
+import metrics
+import models
+from metrics.plots import confusion_matrix_figure
+from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
+from training.hub import HubPusher, model_card, redact_argv
+from training.recipes import RECIPE_NAMES, recipe_defaults
+
+logger = get_logger(__name__)
+
+SELECTION_METRICS = ("auc", "acc", "loss", "last")
+
+
+def parse_config_overrides(text: str) -> dict:
+    """`"image_size=28,patch_size=4,head_hidden_sizes=[256, 128],pooling=mean"` -> a dict of typed values."""
+    overrides, depth, current = {}, 0, ""
+    for char in text + ",":
+        depth += char == "["
+        depth -= char == "]"
+        if char == "," and depth == 0:
+            if current.strip():
+                key, sep, value = current.partition("=")
+                if not sep:
+                    raise ValueError(f"--config_overrides: {current.strip()!r} is not key=value.")
+                try:
+                    overrides[key.strip()] = json.loads(value.strip())
+                except json.JSONDecodeError:
+                    overrides[key.strip()] = value.strip()
+            current = ""
+        else:
+            current += char
+    return overrides
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--model", choices=models.MODEL_NAMES, default="vit_lsa", help="Model family.")
+    add("--dataset", default="breastmnist", help="MedMNIST 2D flag, e.g. breastmnist, bloodmnist.")
+    add("--data_dir", default=None, help="Folder with the official npz files (default: $MEDMNIST_DATA_DIR, then "
+                                           "medmnist's own root).")
+    add("--image_size", type=int, default=28, help="Size of the MedMNIST files to read (28, 64, 128, 224). The model's "
+                                                    "input size is its config's image_size.")
+    add("--no_verify_checksum", action="store_true", help="Skip the MD5 check of the data file (logged loudly).")
+    add("--output_dir", default=None, help="Default: runs/<dataset>-<model>-<time>.")
+    add("--recipe", choices=RECIPE_NAMES, default="default",
+        help="Defaults for every unset training argument: 'default' (this project's) or 'seed' (the replaced "
+             "notebooks').")
+    add("--num_epochs", type=int, default=None)
+    add("--max_train_steps", type=int, default=None, help="Overrides --num_epochs when set.")
+    add("--per_device_train_batch_size", type=int, default=None)
+    add("--per_device_eval_batch_size", type=int, default=512)
+    add("--optimizer", choices=("adamw", "adam", "sgd"), default=None)
+    add("--momentum", type=float, default=0.9, help="SGD momentum.")
+    add("--learning_rate", type=float, default=None)
+    add("--weight_decay", type=float, default=None)
+    add("--warmup_epochs", type=float, default=None, help="Linear warm-up length in epochs (fractions allowed).")
+    add("--lr_scheduler", choices=[s.value for s in SchedulerType], default=None)
+    add("--label_smoothing", type=float, default=None)
+    add("--max_grad_norm", type=float, default=1.0, help="Gradient clipping; 0 turns it off.")
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--seed", type=int, default=42, help="Random seed: fixes initialisation, data order and augmentation.")
+    add("--config_overrides", default=None, help="Model config fields, e.g. 'image_size=28,patch_size=4'. Added to "
+                                                 "the recipe's.")
+    add("--normalization", choices=("train_stats", "half"), default=None,
+        help="train_stats: the training split's per-channel mean/std; half: (x - 0.5) / 0.5.")
+    add("--augmentation", choices=("none", "seed", "strong"), default=None,
+        help="Augmentation preset (data.AugmentationConfig): none, seed (flip / rotation / zoom), strong.")
+    add("--mixup_alpha", type=float, default=None, help="Override the preset's mixup alpha (0 = off).")
+    add("--cutmix_alpha", type=float, default=None, help="Override the preset's cutmix alpha (0 = off).")
+    add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")
+    add("--selection_metric", choices=SELECTION_METRICS, default="auc",
+        help="Validation metric that picks `best` ('last' keeps the final epoch, as the seed reported).")
+    add("--report_to", default="tensorboard", help="accelerate tracker(s): tensorboard, all, or none.")
+    add("--logging_steps", type=int, default=10)
+    add("--checkpointing_steps", default="epoch", help="Save the training state every N steps, or 'epoch'.")
+    add("--checkpoints_total_limit", type=int, default=2, help="Newest checkpoints kept (the best is kept too).")
+    add("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest' (under --output_dir).")
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", default=None, help="namespace/name of the Hub repository.")
+    add("--hub_token", default=None, help="Hub token (default: HF_TOKEN or the cached login). Never logged.")
+    add("--hub_private_repo", action="store_true")
+    args = parser.parse_args(argv)
+
+    for key, value in recipe_defaults(args.recipe, args.model).items():
+        if key == "config_overrides":
+            recipe_overrides = parse_config_overrides(value)
+            recipe_overrides.update(parse_config_overrides(args.config_overrides or ""))
+            args.config_overrides = recipe_overrides
+        elif getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id namespace/name.")
+    if args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
+        parser.error(f"--checkpointing_steps must be a number of steps or 'epoch', got {args.checkpointing_steps!r}.")
+    if args.output_dir is None:
+        args.output_dir = os.path.join("runs", f"{args.dataset}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return args
+
+
+def public_config(args) -> dict:
+    """The run's resolved arguments without secrets: what goes to TensorBoard, all_results.json and the card."""
+    return {k: v for k, v in vars(args).items() if k != "hub_token"}
+
+
+def tensorboard_hparams(config: dict) -> dict:
+    """TensorBoard hparams take only scalars: lists and dicts are written as JSON strings."""
+    flat = {}
+    for key, value in config.items():
+        flat[key] = value if isinstance(value, (bool, int, float, str)) or value is None else json.dumps(value)
+    return flat
+
+
+def hardware_description(accelerator: Accelerator) -> dict:
+    if torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(accelerator.device)
+    else:
+        device_name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    device_name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return {
+        "device": device_name,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "description": f"{accelerator.num_processes} × {device_name} ({accelerator.mixed_precision} precision), "
+                       f"torch {torch.__version__}",
+    }
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, label_smoothing: float):
+    """Cross-entropy on class indices or on soft targets (mixup / cutmix); BCE-with-logits for multi-label."""
+    logits = logits.float()
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    if targets.dim() == 2:  # soft targets from mixing
+        num_classes = logits.shape[-1]
+        targets = targets * (1 - label_smoothing) + label_smoothing / num_classes
+        return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+def validation_loss(logits, labels, multilabel: bool) -> float:
+    logits, labels = torch.from_numpy(logits), torch.from_numpy(labels)
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, labels.float()).item()
+    return F.cross_entropy(logits, labels.long().view(-1)).item()
+
+
+def config_record(model) -> dict:
+    """The model config as stored in a checkpoint (JSON types), to refuse resuming a checkpoint of another model."""
+    return json.loads(model.config.to_json_string(use_diff=True))
+
+
+def is_better(metric: str, value: float | None, best: float | None) -> bool:
+    """Whether `value` beats `best`; an undefined value (AUC of a split missing a class) never does."""
+    if metric == "last":
+        return True
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def build_optimizer(args, model):
+    # No weight decay on biases, norms and LSA temperatures (1-D), position embeddings and the CLS token.
+    no_decay = lambda name, p: p.ndim < 2 or name.endswith(("position_embeddings", "cls_token"))  # noqa: E731
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
+    ]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
+    if args.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=args.learning_rate)
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def save_model_folder(accelerator, model, processor, folder: Path) -> None:
+    """`save_pretrained` model + processor into `folder`, atomically (written beside it, then renamed)."""
+    if not accelerator.is_main_process:
+        return
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
+    # One progress bar (ours, main process only); the libraries' own bars for saving and loading stay quiet.
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    started = time.time()
+    set_seed(args.seed)
+
+    # Everything that can be wrong with the arguments is found here, before anything is written.
+    try:
+        dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
+                                     verify_checksum=not args.no_verify_checksum)
+        info = data.medmnist_info(dataset)
+        problem_type = "multi_label_classification" if info.is_multilabel else "single_label_classification"
+        model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,
+                                   problem_type=problem_type, **args.config_overrides)
+        checkpoint, resumed_state = None, None
+        if args.resume_from_checkpoint:
+            checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+            resumed_state = read_trainer_state(checkpoint)
+            if resumed_state["model_config"] != config_record(model) or resumed_state["model"] != args.model:
+                raise ValueError(
+                    f"--resume_from_checkpoint {checkpoint}: it was made by model {resumed_state['model']!r} with "
+                    f"another configuration than this run's {args.model!r} on {args.dataset}; resume with the same "
+                    "--model, --dataset and --config_overrides, or start a new --output_dir."
+                )
+    except ValueError as error:
+        accelerator.print(f"train.py: error: {error}")
+        sys.exit(2)
+
+    config = public_config(args)
+    train_split = data.DeviceSplit.from_dataset(dataset["train"], accelerator.device)
+    validation_split = data.DeviceSplit.from_dataset(dataset["validation"], accelerator.device)
+    test_split = data.DeviceSplit.from_dataset(dataset["test"], accelerator.device)
+    if args.normalization == "train_stats":
+        mean, std = data.channel_mean_std(train_split.images)
+    else:
+        mean, std = [0.5] * info.num_channels, [0.5] * info.num_channels
+    augmentation = data.AugmentationConfig.preset(args.augmentation)
+    for key in ("mixup_alpha", "cutmix_alpha", "random_erasing"):
+        if getattr(args, key) is not None:
+            augmentation = dataclasses.replace(augmentation, **{key: getattr(args, key)})
+    image_size = model.config.image_size
+    train_transform = data.BatchTransform(augmentation, image_size, mean, std).to(accelerator.device)
+    eval_transform = data.BatchTransform(data.AugmentationConfig.preset("none"), image_size, mean, std)
+    eval_transform = eval_transform.to(accelerator.device)
+    processor = models.build_image_processor(image_size, mean, std)
+
+    train_loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed)
+    # Evaluation loaders are prepared once (not per epoch): prepared loaders are part of every saved state.
+    train_loader, validation_loader, test_loader = accelerator.prepare(
+        train_loader,
+        data.index_loader(len(validation_split), args.per_device_eval_batch_size, shuffle=False, seed=args.seed),
+        data.index_loader(len(test_split), args.per_device_eval_batch_size, shuffle=False, seed=args.seed),
+    )
+    updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    optimizer = build_optimizer(args, model)
+    # accelerate steps a prepared scheduler once per process per update, hence the factor num_processes.
+    scheduler = get_scheduler(
+        args.lr_scheduler, optimizer,
+        num_warmup_steps=round(args.warmup_epochs * updates_per_epoch) * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    state = {
+        "model": args.model, "dataset": args.dataset, "model_config": config_record(accelerator.unwrap_model(model)),
+        "epoch": 0, "batches_in_epoch": 0, "global_step": 0,
+        "best_metric": None, "best_epoch": None, "best_checkpoint": None, "history": [],
+    }
+    best_weights = None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = resumed_state
+        best_weights = read_best_weights(checkpoint)
+        logger.info(f"Resumed from {checkpoint}: epoch {state['epoch']}, step {state['global_step']}",
+                    main_process_only=True)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (output_dir / "run_config.json").write_text(json.dumps(config, indent=2, default=str))
+    if args.report_to != "none":
+        accelerator.init_trackers("tensorboard", config=tensorboard_hparams(config))
+    writer = None  # the SummaryWriter, for images and figures
+    if accelerator.is_main_process and any(t.name == "tensorboard" for t in accelerator.trackers):
+        writer = accelerator.get_tracker("tensorboard", unwrap=True)
+    pusher = None
+    if args.push_to_hub and accelerator.is_main_process:
+        pusher = HubPusher(args.hub_model_id, args.hub_token, output_dir / ".hub_staging", args.hub_private_repo)
+    command = " ".join(["accelerate launch train.py", *redact_argv(sys.argv[1:] if argv is None else list(argv))])
+    hardware = hardware_description(accelerator)
+
+    logger.info(f"{args.model} on {args.dataset}: {len(train_split)} training images, {updates_per_epoch} updates per "
+                f"epoch × {num_epochs} epochs, global batch {args.per_device_train_batch_size} × "
+                f"{accelerator.num_processes} processes × {args.gradient_accumulation_steps} accumulation",
+                main_process_only=True)
+    if writer is not None and state["global_step"] == 0:
+        sample = train_split.images[: min(32, len(train_split))]
+        shown = train_transform(sample, train=True)[:, :3] * torch.tensor(std[:3], device=sample.device).view(1, -1, 1, 1)
+        shown = shown + torch.tensor(mean[:3], device=sample.device).view(1, -1, 1, 1)
+        import torchvision  # only for the image grid
+
+        writer.add_image("train/augmented_samples", torchvision.utils.make_grid(shown.clamp(0, 1).float().cpu()), 0)
+
+    checkpoint_every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
+    progress = tqdm(total=max_train_steps, initial=state["global_step"], desc="Training",
+                    disable=not accelerator.is_local_main_process)
+    running_loss = torch.zeros((), device=accelerator.device)
+    window_start, window_images, window_steps = time.time(), 0, 0
+
+    def check_finite():
+        if not torch.isfinite(running_loss):
+            accelerator.print(
+                f"train.py: error: the training loss became {running_loss.item()} before step {state['global_step']}"
+                " (non-finite). Stopping; the last good checkpoint and best/ are kept. Lower --learning_rate, "
+                "keep --max_grad_norm on, or try --mixed_precision bf16 instead of fp16."
+            )
+            accelerator.end_training()
+            sys.exit(3)
+
+    def save(trainer_state):
+        save_checkpoint(accelerator, output_dir, trainer_state, args.checkpoints_total_limit, best_weights)
+        if pusher is not None and (output_dir / "best").is_dir():
+            pusher.push(output_dir / "best", output_dir / "runs", model_card(run_summary()), [],
+                        f"Checkpoint at step {trainer_state['global_step']}", background=True)
+
+    def run_summary(test_metrics=None):
+        best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
+        return {
+            "model_name": args.model, "selection_metric": args.selection_metric, "best_epoch": state["best_epoch"],
+            "validation_metrics": best["metrics"] if best else None, "test_metrics": test_metrics,
+            "dataset": {**dataclasses.asdict(info), "license_id": "cc-by-4.0"}, "command": command, "hardware": hardware,
+            "wall_clock_seconds": time.time() - started,
+        }
+
+    for epoch in range(state["epoch"], num_epochs):
+        model.train()
+        train_loader.set_epoch(epoch)
+        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        state["batches_in_epoch"] = skip
+        for indices in loader:
+            with accelerator.accumulate(model):
+                images, labels = train_split.batch(indices)
+                pixel_values = train_transform(images, train=True)
+                targets = labels
+                if augmentation.mixes:
+                    pixel_values, targets = data.mix_batch(pixel_values, labels, info.num_labels, augmentation)
+                logits = model(pixel_values=pixel_values).logits
+                loss = training_loss(logits, targets, info.is_multilabel, args.label_smoothing)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["batches_in_epoch"] += 1
+            running_loss += loss.detach()
+            window_images += len(indices) * accelerator.num_processes
+            window_steps += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["global_step"] += 1
+            progress.update(1)
+            if state["global_step"] % args.logging_steps == 0:
+                check_finite()
+                mean_loss = accelerator.reduce(running_loss, reduction="mean").item() / window_steps
+                elapsed = time.time() - window_start
+                accelerator.log({"train/loss": mean_loss, "train/learning_rate": scheduler.get_last_lr()[0],
+                                 "train/images_per_second": window_images / elapsed, "train/epoch": epoch},
+                                step=state["global_step"])
+                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                running_loss.zero_()
+                window_start, window_images, window_steps = time.time(), 0, 0
+            if checkpoint_every and state["global_step"] % checkpoint_every == 0:
+                check_finite()
+                save({**state, "epoch": epoch})
+            if state["global_step"] >= max_train_steps:
+                break
+        check_finite()
+
+        # Validation: the shared inference loop and metrics of evaluate.py.
+        scores, labels, logits = metrics.predict(model, validation_split, eval_transform, accelerator,
+                                                 args.per_device_eval_batch_size, info.task, desc="Validating",
+                                                 return_logits=True, loader=validation_loader)
+        results = metrics.compute_metrics(scores, labels, info.task, info.label_names, bootstrap_samples=0)
+        results["loss"] = validation_loss(logits, labels, info.is_multilabel)
+        accelerator.log({f"validation/{k}": results[k] for k in ("acc", "auc", "balanced_acc", "ece", "loss")
+                         if results[k] is not None}, step=state["global_step"])
+        if writer is not None:
+            writer.add_figure("validation/confusion_matrix",
+                              confusion_matrix_figure(results["confusion_matrix"], info.label_names), epoch + 1)
+        state["history"].append({"epoch": epoch + 1, "step": state["global_step"], "metrics": results})
+        selected = results["auc" if args.selection_metric == "last" else args.selection_metric]
+        if is_better(args.selection_metric, selected, state["best_metric"]) or state["best_epoch"] is None:
+            state.update(best_metric=selected, best_epoch=epoch + 1, best_checkpoint=f"step_{state['global_step']}")
+            best_weights = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            save_model_folder(accelerator, model, processor, output_dir / "best")
+        save_model_folder(accelerator, model, processor, output_dir / "last")
+        logger.info(f"epoch {epoch + 1}/{num_epochs}: validation acc {fmt(results['acc'])} auc "
+                    f"{fmt(results['auc'])} loss {fmt(results['loss'])} (best {args.selection_metric} "
+                    f"{fmt(state['best_metric'])} at epoch {state['best_epoch']})", main_process_only=True)
+        state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+        if checkpoint_every is None:
+            save(state)
+        if state["global_step"] >= max_train_steps:
+            break
+    progress.close()
+
+    # The test split, once, on the model chosen on the validation split.
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.load_state_dict(best_weights)
+    scores, labels = metrics.predict(model, test_split, eval_transform, accelerator, args.per_device_eval_batch_size,
+                                     info.task, desc="Testing", loader=test_loader)
+    if accelerator.is_main_process:
+        test_metrics = metrics.compute_metrics(scores, labels, info.task, info.label_names, seed=args.seed)
+        summary = run_summary(test_metrics)
+        all_results = {
+            **summary,
+            "validation_history": state["history"],
+            "config": config,
+            "model_config": unwrapped.config.to_dict(),
+            "num_parameters": sum(p.numel() for p in unwrapped.parameters()),
+            "global_step": state["global_step"],
+        }
+        (output_dir / "all_results.json").write_text(json.dumps(metrics.to_json_safe(all_results), indent=2))
+        logger.info("\n" + metrics.format_report(test_metrics, title=f"Test split, best epoch {state['best_epoch']}"),
+                    main_process_only=True)
+        if pusher is not None:
+            (output_dir / "best" / "README.md").write_text(model_card(summary))
+            pusher.push(output_dir / "best", output_dir / "runs", model_card(summary),
+                        [output_dir / "all_results.json"], "End of training", background=False)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pieces of train.py that are not the training loop itself: recipes, checkpoints, the Hub, run records."""

@@ -1,0 +1,93 @@
+"""Atomic training checkpoints (`accelerator.save_state`) with rotation that never deletes the best one.
+
+A checkpoint is written to `checkpoints/.tmp-<name>` and renamed to `checkpoints/<name>` only when complete, so a
+crash while saving leaves the previous checkpoints intact. `<name>` is `step_<global step>`; `trainer_state.json`
+inside holds what accelerate does not save (epoch, step, best metric so far, the history of validation metrics), and
+`best_model.safetensors` the weights of the best model so far, so that a resumed run ends exactly as a straight one.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAINER_STATE = "trainer_state.json"
+BEST_WEIGHTS = "best_model.safetensors"
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if CHECKPOINT_PATTERN.match(p.name) and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def save_checkpoint(
+    accelerator, output_dir: str | Path, trainer_state: dict, keep_last: int, best_weights: dict | None
+) -> Path:
+    """Save the full training state atomically; keep the `keep_last` newest and the best. Call on every process."""
+    root = checkpoint_dir(output_dir)
+    final = root / f"step_{trainer_state['global_step']}"
+    tmp = root / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if best_weights is not None:
+            save_file({k: v.contiguous() for k, v in best_weights.items()}, tmp / BEST_WEIGHTS)
+        # The state file is written last: a folder without it is never taken for a checkpoint.
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        prune_checkpoints(output_dir, keep_last, trainer_state.get("best_checkpoint"))
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last: int, best_name: str | None) -> None:
+    checkpoints = list_checkpoints(output_dir)
+    for old in checkpoints[: max(len(checkpoints) - keep_last, 0)]:
+        if old.name != best_name:
+            shutil.rmtree(old)
+
+
+def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
+    """`latest` -> the newest complete checkpoint under output_dir; otherwise a checkpoint folder path."""
+    if resume_from == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            raise ValueError(
+                f"--resume_from_checkpoint latest: no complete checkpoint under {checkpoint_dir(output_dir)}. "
+                "Pass the --output_dir of the run to resume, or a checkpoint folder."
+            )
+        return checkpoints[-1]
+    path = Path(resume_from)
+    if not (path / TRAINER_STATE).is_file():
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from}: not a complete checkpoint (no {TRAINER_STATE} in it). "
+            f"Checkpoints are the folders output_dir/checkpoints/step_<N>, or use 'latest'."
+        )
+    return path
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def read_best_weights(checkpoint: Path) -> dict[str, torch.Tensor] | None:
+    path = checkpoint / BEST_WEIGHTS
+    return load_file(path) if path.is_file() else None

@@ -1,0 +1,133 @@
+"""Pushing a run to the Hugging Face Hub: the `best` model, its model card and the TensorBoard logs.
+
+Uploads go through `huggingface_hub.HfApi` (`create_repo`, `upload_folder`) from the main process only. Each push
+first copies what it sends into a staging folder, so a background upload never sees files that training is
+rewriting; pushes during training run in the background (`run_as_future`), the last one blocks.
+"""
+
+import shutil
+from concurrent.futures import Future
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+SECRET_FLAGS = ("--hub_token",)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """The command line with the value of every secret flag replaced by `***` (`--flag value` and `--flag=value`)."""
+    redacted, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            redacted.append("***")
+            hide_next = False
+        elif arg in SECRET_FLAGS:
+            redacted.append(arg)
+            hide_next = True
+        elif any(arg.startswith(flag + "=") for flag in SECRET_FLAGS):
+            redacted.append(arg.split("=", 1)[0] + "=***")
+        else:
+            redacted.append(arg)
+    return redacted
+
+
+def _format_metric(metrics: dict | None, name: str) -> str:
+    if not metrics or metrics.get(name) is None:
+        return "–"
+    text = f"{metrics[name]:.4f}"
+    interval = metrics.get(f"{name}_ci95")
+    if interval:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
+
+
+def model_card(summary: dict) -> str:
+    """A model card (README.md) from a run summary: metrics table, data set, licence, the command that made it."""
+    data = summary["dataset"]
+    validation, test = summary.get("validation_metrics"), summary.get("test_metrics")
+    rows = "\n".join(
+        f"| {split} | {_format_metric(m, 'acc')} | {_format_metric(m, 'auc')} |"
+        for split, m in (("validation (best epoch)", validation), ("test", test))
+    )
+    return f"""---
+library_name: transformers
+license: {data.get("license_id", "cc-by-4.0")}
+pipeline_tag: image-classification
+tags:
+- medmnist
+- {data["flag"]}
+- {summary["model_name"]}
+datasets:
+- medmnist
+---
+
+# {summary["model_name"]} on {data["flag"]} ({data["size"]}×{data["size"]})
+
+Trained from scratch on MedMNIST's `{data["flag"]}` ({data.get("task", "")}, {len(data.get("label_names", []))} labels:
+{", ".join(data.get("label_names", []))}). Model chosen on the validation split by `{summary["selection_metric"]}`
+at epoch {summary.get("best_epoch")}; the test split was evaluated once, on that model.
+
+| split | ACC [95% CI] | AUC [95% CI] |
+| --- | --- | --- |
+{rows}
+
+ACC and AUC as MedMNIST defines them (`medmnist.Evaluator`).
+
+## Use
+
+```python
+from transformers import pipeline
+classify = pipeline("image-classification", model="<this repo>", trust_remote_code=True)
+```
+
+## Data
+
+{data.get("description", "")}
+
+Data licence: {data.get("license", "CC BY 4.0")}. Cite MedMNIST v2: Jiancheng Yang et al., "MedMNIST v2 – A large-scale
+lightweight benchmark for 2D and 3D biomedical image classification", Scientific Data, 2023.
+
+## How it was made
+
+```
+{summary["command"]}
+```
+
+Hardware: {summary.get("hardware", {}).get("description", "unknown")}. Wall-clock: {summary.get("wall_clock_seconds", 0):.0f} s.
+The full resolved configuration is in `all_results.json`.
+"""
+
+
+class HubPusher:
+    """Creates the repository once and uploads `best/`, the model card and the logs on each `push`."""
+
+    def __init__(self, repo_id: str, token: str | None, staging_dir: Path, private: bool = False):
+        self.api = HfApi(token=token)
+        self.repo_id = self.api.create_repo(repo_id, exist_ok=True, private=private).repo_id
+        self.staging_dir = Path(staging_dir)
+        self.pending: Future | None = None
+
+    def push(self, best_dir: Path, logs_dir: Path | None, card: str, extra_files: list[Path], message: str,
+             background: bool) -> Future | None:
+        """Upload a snapshot of the run; waits for a previous background push before staging the next."""
+        self.wait()
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        shutil.copytree(best_dir, self.staging_dir)
+        if logs_dir is not None and Path(logs_dir).is_dir():
+            shutil.copytree(logs_dir, self.staging_dir / "runs")
+        for path in extra_files:
+            if Path(path).is_file():
+                shutil.copy2(path, self.staging_dir / Path(path).name)
+        (self.staging_dir / "README.md").write_text(card)
+        upload = dict(repo_id=self.repo_id, folder_path=str(self.staging_dir), commit_message=message)
+        if background:
+            self.pending = self.api.upload_folder(**upload, run_as_future=True)
+            return self.pending
+        self.api.upload_folder(**upload)
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        return None
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
