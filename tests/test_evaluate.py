@@ -273,4 +273,4 @@ def test_bad_arguments_fail_before_any_work(script, workspace, capsys, change, m
 
 def test_default_output_dir_is_beside_a_local_checkpoint(script, workspace):
     args = script.parse_args(eval_args(workspace, "--split", "val"))
-    assert args.split == "validation" and args.output_dir == workspace["checkpoint"] / "eval-validation"
+    assert args.split == "validation" and args.output_dir == workspace["checkpoint"].with_name("vit-eval-validation")

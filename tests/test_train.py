@@ -223,6 +223,16 @@ def test_push_to_hub_uploads_a_loadable_model_card_and_logs(local_hub, data_dir,
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+def train_in_process(argv, capsys) -> tuple[int, str]:
+    """Run train.main in this process (fast: no new interpreter) and return its exit code and output."""
+    import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out + captured.err
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -230,24 +240,25 @@ def test_push_to_hub_uploads_a_loadable_model_card_and_logs(local_hub, data_dir,
         (["--dataset", "nosuchmnist"], "nosuchmnist"),
         (["--dataset", "bloodmnist"], "bloodmnist.npz"),
         (["--model", "vit", "--config_overrides", "patch_size=5"], "does not divide"),
+        (["--model", "cnn", "--config_overrides", "depth=3"], "Unknown config override(s) ['depth']"),
     ],
 )
-def test_bad_arguments_fail_before_writing_anything(data_dir, tmp_path, args, message):
+def test_bad_arguments_fail_before_writing_anything(data_dir, tmp_path, capsys, args, message):
     output_dir = tmp_path / "never"
-    result = python_train(*train_args(data_dir, output_dir, *args), check=False)
-    assert result.returncode == 2
-    assert message in result.stderr + result.stdout
+    code, output = train_in_process(train_args(data_dir, output_dir, *args), capsys)
+    assert code == 2
+    assert message in output
     assert not output_dir.exists()
 
 
-def test_resuming_a_checkpoint_of_another_model_is_refused(short_run, data_dir, tmp_path):
+def test_resuming_a_checkpoint_of_another_model_is_refused(short_run, data_dir, tmp_path, capsys):
     output_dir, _ = short_run
     checkpoint = sorted((output_dir / "checkpoints").iterdir())[0]
     new_dir = tmp_path / "other"
-    result = python_train(*train_args(data_dir, new_dir, "--model", "vit", "--config_overrides", TINY_VIT,
-                                      "--resume_from_checkpoint", str(checkpoint)), check=False)
-    assert result.returncode == 2
-    assert "was made by model 'cnn'" in result.stdout + result.stderr
+    code, output = train_in_process(train_args(data_dir, new_dir, "--model", "vit", "--config_overrides", TINY_VIT,
+                                               "--resume_from_checkpoint", str(checkpoint)), capsys)
+    assert code == 2
+    assert "was made by model 'cnn'" in output
     assert not new_dir.exists()
 
 

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Run datasets × models × seeds through `accelerate launch train.py` and write the results table.
+
+    python benchmarks/run_results.py --data_dir ../shared/data/medmnist \
+        --datasets breastmnist bloodmnist --models cnn vit vit_lsa --seeds 0 1 2
+
+Each run goes to `<runs_dir>/<dataset>-<model>-seed<k>` and is skipped when its `all_results.json` already exists,
+so an interrupted sweep continues where it stopped. Afterwards (or with `--collect_only`) it writes
+`results/results.json` (every run's test and validation metrics), `results/RESULTS.md` (mean ± std over seeds with a
+95% t-interval, the seed notebooks' figures and the published references beside them) and `results/results.png`.
+Test metrics come from each run's single test evaluation of the model chosen on the validation split.
+"""
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The replaced notebooks' test accuracy (../shared/REFERENCE.md).
+SEED_TABLE = {
+    ("bloodmnist", "vit_lsa"): 0.9182, ("bloodmnist", "vit"): 0.95, ("bloodmnist", "cnn"): 0.763,
+    ("breastmnist", "vit_lsa"): 0.8397, ("breastmnist", "vit"): 0.74, ("breastmnist", "cnn"): 0.76,
+}
+# MedMNIST v2 (Yang et al. 2023), test ACC / AUC at 28×28.
+PUBLISHED = {
+    "breastmnist": {"ResNet-18 (28)": (0.863, 0.901), "Google AutoML Vision": (0.861, 0.919)},
+    "bloodmnist": {"ResNet-18 (28)": (0.958, 0.998), "Google AutoML Vision": (0.966, 0.998)},
+}
+# Two-sided 97.5% quantiles of Student's t for n - 1 degrees of freedom (n = 2..10 seeds).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "bloodmnist"])
+    parser.add_argument("--models", nargs="+", default=["cnn", "vit", "vit_lsa"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "medmnist"))
+    parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "results"))
+    parser.add_argument("--results_dir", default=str(ROOT / "results"))
+    parser.add_argument("--launch", default="accelerate launch --num_processes 1 --mixed_precision bf16",
+                        help="How to start train.py (the accelerate launch prefix).")
+    parser.add_argument("--train_args", default="", help="Extra train.py arguments for every run, e.g. '--recipe seed'.")
+    parser.add_argument("--collect_only", action="store_true", help="Only aggregate the runs already in runs_dir.")
+    return parser.parse_args(argv)
+
+
+def run_name(dataset: str, model: str, seed: int) -> str:
+    return f"{dataset}-{model}-seed{seed}"
+
+
+def train_command(args, dataset: str, model: str, seed: int, output_dir: Path) -> list[str]:
+    return [*shlex.split(args.launch), str(ROOT / "train.py"), "--model", model, "--dataset", dataset, "--data_dir",
+            args.data_dir, "--seed", str(seed), "--output_dir", str(output_dir), *shlex.split(args.train_args)]
+
+
+def run_all(args) -> None:
+    for dataset in args.datasets:
+        for model in args.models:
+            for seed in args.seeds:
+                output_dir = Path(args.runs_dir) / run_name(dataset, model, seed)
+                if (output_dir / "all_results.json").is_file():
+                    print(f"[skip] {output_dir.name}: already done", flush=True)
+                    continue
+                command = train_command(args, dataset, model, seed, output_dir)
+                print(f"[run] {shlex.join(command)}", flush=True)
+                started = time.time()
+                log = Path(args.runs_dir) / f"{output_dir.name}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "w") as handle:
+                    result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+                status = "ok" if result.returncode == 0 else f"FAILED ({result.returncode}), see {log}"
+                print(f"[done] {output_dir.name} in {time.time() - started:.0f} s: {status}", flush=True)
+
+
+def mean_std_ci(values: list[float]) -> dict:
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    half = T_975.get(n - 1, 1.96) * std / n**0.5 if n > 1 else None
+    return {"mean": mean, "std": std, "n": n, "ci95": [mean - half, mean + half] if half is not None else None}
+
+
+def collect(args) -> dict:
+    rows = []
+    for dataset in args.datasets:
+        for model in args.models:
+            runs = []
+            for seed in args.seeds:
+                path = Path(args.runs_dir) / run_name(dataset, model, seed) / "all_results.json"
+                if path.is_file():
+                    runs.append((seed, json.loads(path.read_text())))
+            if not runs:
+                continue
+            row = {"dataset": dataset, "model": model, "seeds": [s for s, _ in runs], "runs": []}
+            for seed, result in runs:
+                row["runs"].append({
+                    "seed": seed, "test_acc": result["test_metrics"]["acc"], "test_auc": result["test_metrics"]["auc"],
+                    "test_acc_ci95": result["test_metrics"].get("acc_ci95"),
+                    "test_auc_ci95": result["test_metrics"].get("auc_ci95"),
+                    "validation_acc": result["validation_metrics"]["acc"],
+                    "validation_auc": result["validation_metrics"]["auc"], "best_epoch": result["best_epoch"],
+                    "wall_clock_seconds": result["wall_clock_seconds"], "command": result["command"],
+                    "hardware": result["hardware"]["description"],
+                })
+            for key in ("test_acc", "test_auc", "validation_acc", "validation_auc", "wall_clock_seconds"):
+                row[key] = mean_std_ci([r[key] for r in row["runs"]])
+            row["hardware"] = sorted({r["hardware"] for r in row["runs"]})
+            rows.append(row)
+    return {"rows": rows, "seed_table": {f"{d}/{m}": v for (d, m), v in SEED_TABLE.items()}, "published": PUBLISHED}
+
+
+def fmt(stat: dict) -> str:
+    text = f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    if stat["ci95"]:
+        text += f" [{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]"
+    return text
+
+
+def results_markdown(results: dict, args) -> str:
+    lines = [
+        "# Results",
+        "",
+        "Test split of the official 28×28 MedMNIST files, each run's model chosen on the validation split, mean ± std",
+        "over seeds with a 95% t-interval over seeds. Written by `benchmarks/run_results.py`:",
+        "",
+        "```",
+        shlex.join([sys.executable.split("/")[-1], "benchmarks/run_results.py", *sys.argv[1:]]),
+        "```",
+        "",
+        "| dataset | model | seeds | test ACC | test AUC | seed notebooks' ACC | val AUC | wall-clock / run | hardware |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in results["rows"]:
+        seed_acc = SEED_TABLE.get((row["dataset"], row["model"]))
+        lines.append(
+            f"| {row['dataset']} | {row['model']} | {len(row['seeds'])} | {fmt(row['test_acc'])} | "
+            f"{fmt(row['test_auc'])} | {seed_acc if seed_acc is not None else '–'} | "
+            f"{row['validation_auc']['mean']:.4f} | {row['wall_clock_seconds']['mean'] / 60:.1f} min | "
+            f"{'; '.join(row['hardware'])} |"
+        )
+    lines += ["", "Published references (MedMNIST v2, test ACC / AUC, 28×28):", ""]
+    for dataset, refs in PUBLISHED.items():
+        for name, (acc, auc) in refs.items():
+            lines.append(f"- {dataset}, {name}: {acc:.3f} / {auc:.3f}")
+    lines += ["", "Each run's command is in `results.json` (`rows[].runs[].command`)."]
+    return "\n".join(lines) + "\n"
+
+
+def results_chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    datasets = sorted({r["dataset"] for r in results["rows"]})
+    figure = Figure(figsize=(5 * max(len(datasets), 1), 4), layout="constrained")
+    for i, dataset in enumerate(datasets):
+        axis = figure.add_subplot(1, len(datasets), i + 1)
+        rows = [r for r in results["rows"] if r["dataset"] == dataset]
+        x = range(len(rows))
+        for offset, key, label in ((-0.2, "test_acc", "test ACC"), (0.2, "test_auc", "test AUC")):
+            axis.bar([j + offset for j in x], [r[key]["mean"] for r in rows], width=0.4,
+                     yerr=[r[key]["std"] for r in rows], capsize=3, label=label)
+        seed = [SEED_TABLE.get((dataset, r["model"])) for r in rows]
+        axis.scatter([j - 0.2 for j, s in zip(x, seed) if s], [s for s in seed if s], color="black", marker="x",
+                     zorder=3, label="seed notebooks' ACC")
+        for name, (acc, _) in PUBLISHED.get(dataset, {}).items():
+            axis.axhline(acc, linestyle="--", linewidth=0.8, color="gray")
+            axis.text(len(rows) - 0.5, acc, f"{name} ACC", fontsize=7, va="bottom", ha="right", color="gray")
+        axis.set_xticks(list(x), [r["model"] for r in rows])
+        axis.set_ylim(0.5, 1.0)
+        axis.set_title(dataset)
+        axis.legend(fontsize=7, loc="lower left")
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.collect_only:
+        run_all(args)
+    results = collect(args)
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "RESULTS.md").write_text(results_markdown(results, args))
+    if results["rows"]:
+        results_chart(results, out / "results.png")
+    print((out / "RESULTS.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
