@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -37,6 +36,7 @@ import metrics
 import models
 from metrics.plots import confusion_matrix_figure
 from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
+from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPusher, model_card, redact_argv
 from training.recipes import RECIPE_NAMES, recipe_defaults
 
@@ -145,29 +145,6 @@ def tensorboard_hparams(config: dict) -> dict:
     return flat
 
 
-def hardware_description(accelerator: Accelerator) -> dict:
-    if torch.cuda.is_available():
-        device_name = torch.cuda.get_device_name(accelerator.device)
-    else:
-        device_name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    device_name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-    return {
-        "device": device_name,
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "description": f"{accelerator.num_processes} × {device_name} ({accelerator.mixed_precision} precision), "
-                       f"torch {torch.__version__}",
-    }
-
-
 def training_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, label_smoothing: float):
     """Cross-entropy on class indices or on soft targets (mixup / cutmix); BCE-with-logits for multi-label."""
     logits = logits.float()
@@ -252,6 +229,9 @@ def main(argv=None):
     )
     started = time.time()
     set_seed(args.seed)
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and not cpu_has_fast_bf16():
+        logger.warning("bf16 on this CPU (no AMX / AVX-512 BF16) is emulated and much slower than fp32: "
+                       "launch with --mixed_precision no.", main_process_only=True)
 
     # Everything that can be wrong with the arguments is found here, before anything is written.
     try:

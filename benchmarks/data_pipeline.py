@@ -47,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flag", default="bloodmnist")
     parser.add_argument("--size", type=int, default=28, help="source image size (file)")
     parser.add_argument("--data-dir", default=None,
-                        help=f"folder with the npz files (default: {SHARED_DATA_DIR} if present, else $MEDMNIST_DATA_DIR)")
+                        help=f"folder with the npz files (default: {SHARED_DATA_DIR} if present, "
+                             "else $MEDMNIST_DATA_DIR, else ~/.medmnist)")
     parser.add_argument("--cache-dir", default=None, help="Arrow cache (default: $HF_DATASETS_CACHE/medmnist)")
     parser.add_argument("--image-size", type=int, default=72, help="model input size")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -238,7 +239,8 @@ def main(argv=None) -> int:
         ours_best, ours_median = summary[0][1], summary[0][2]
         best_conventional = max(summary[1:], key=lambda row: row[1])
         print(f"\nratio ours / best conventional ({best_conventional[0]} workers): "
-              f"{ours_best / best_conventional[1]:.1f}x (best runs), {ours_median / best_conventional[2]:.1f}x (medians)")
+              f"{ours_best / best_conventional[1]:.1f}x (best runs), "
+              f"{ours_median / best_conventional[2]:.1f}x (medians)")
     return 0
 
 

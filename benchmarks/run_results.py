@@ -44,8 +44,9 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "medmnist"))
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "results"))
     parser.add_argument("--results_dir", default=str(ROOT / "results"))
-    parser.add_argument("--launch", default="accelerate launch --num_processes 1 --mixed_precision bf16",
-                        help="How to start train.py (the accelerate launch prefix).")
+    parser.add_argument("--launch", default="accelerate launch --num_processes 1",
+                        help="How to start train.py (the accelerate launch prefix; add --mixed_precision bf16 on a "
+                             "GPU or an AMX CPU).")
     parser.add_argument("--train_args", default="", help="Extra train.py arguments for every run, e.g. '--recipe seed'.")
     parser.add_argument("--collect_only", action="store_true", help="Only aggregate the runs already in runs_dir.")
     return parser.parse_args(argv)

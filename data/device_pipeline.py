@@ -64,7 +64,8 @@ class DeviceSplit:
             flat = label_column.flatten().to_numpy(zero_copy_only=False)
             labels = torch.from_numpy(flat.reshape(len(table), num_labels).astype(np.float32))
         else:
-            raise ValueError(f"Unsupported label feature {label_feature!r}: expected a ClassLabel or a fixed-length list.")
+            raise ValueError(f"Unsupported label feature {label_feature!r}: expected a ClassLabel or a fixed-length "
+                             "list of 0/1 values.")
         device = torch.device(device)
         return cls(images.to(device), labels.to(device), num_labels, is_multilabel)
 
@@ -109,7 +110,9 @@ def _decode_uniform_pnm(data) -> np.ndarray | None:
     if header is None:
         return None
     header_length, height, width, channels = header
-    if header_length + height * width * channels != lengths[0] or not (values[:, :header_length] == values[0, :header_length]).all():
+    if header_length + height * width * channels != lengths[0]:
+        return None
+    if not (values[:, :header_length] == values[0, :header_length]).all():
         return None
     return values[:, header_length:].reshape(len(data), height, width, channels)
 

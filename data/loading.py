@@ -131,7 +131,8 @@ def read_npz(path: Path, info: MedMNISTInfo) -> dict[str, tuple[np.ndarray, np.n
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [f"{p}_{kind}" for p in SPLITS.values() for kind in ("images", "labels") if f"{p}_{kind}" not in npz]
+            expected = [f"{prefix}_{kind}" for prefix in SPLITS.values() for kind in ("images", "labels")]
+            missing = [key for key in expected if key not in npz]
             if missing:
                 raise MedMNISTDataError(
                     f"{path} is not in the official MedMNIST layout: missing arrays {missing} (it has {sorted(npz)})."
@@ -185,7 +186,8 @@ def encode_pnm(images: np.ndarray) -> pa.ChunkedArray:
         records[:, : len(header)] = header
         records[:, len(header):] = block
         offsets = np.arange(len(block) + 1, dtype=np.int32) * record
-        chunks.append(pa.Array.from_buffers(pa.binary(), len(block), [None, pa.py_buffer(offsets), pa.py_buffer(records)]))
+        buffers = [None, pa.py_buffer(offsets), pa.py_buffer(records)]
+        chunks.append(pa.Array.from_buffers(pa.binary(), len(block), buffers))
     return pa.chunked_array(chunks, type=pa.binary())
 
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `data` / `models` when run as a script by accelerate launch
+# `data`, `models` and `synthetic` are importable under pytest; this makes them so when accelerate launch runs the file.
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import data  # noqa: E402
 from data import (  # noqa: E402
@@ -34,6 +35,7 @@ from data import (  # noqa: E402
     medmnist_info,
     mix_batch,
 )
+from synthetic import synthetic_medmnist  # noqa: E402
 
 REAL_DATA_DIR = ROOT.parent / "shared" / "data" / "medmnist"
 
@@ -55,15 +57,17 @@ REAL_SIZES = {"breastmnist": (546, 78, 156), "bloodmnist": (11959, 1712, 3421)}
 
 @pytest.fixture(autouse=True)
 def _hermetic(monkeypatch):
-    """No network for `datasets`, and no data folder leaking in from the environment."""
+    """No network for `datasets` (env for subprocesses, config for this process, which read the env at import),
+    and no data folder leaking in from the environment."""
+    import datasets
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
 
 
 def synthetic(directory, flag="breastmnist", **kwargs):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from synthetic import synthetic_medmnist
-
     return synthetic_medmnist(directory, flag, **kwargs)
 
 
@@ -219,7 +223,8 @@ def test_unknown_flag_size_and_3d_flag(tmp_path):
         load_medmnist("bloodmnist", size=32, data_dir=tmp_path)
     with pytest.raises(MedMNISTDataError, match="3D MedMNIST data set.*2D images only"):
         load_medmnist("organmnist3d", data_dir=tmp_path)
-    assert data.npz_filename("bloodmnist", 64) == "bloodmnist_64.npz" and data.npz_filename("pathmnist") == "pathmnist.npz"
+    assert data.npz_filename("bloodmnist", 64) == "bloodmnist_64.npz"
+    assert data.npz_filename("pathmnist") == "pathmnist.npz"
 
 
 def test_missing_file_says_where_what_and_how(tmp_path):

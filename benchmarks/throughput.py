@@ -1,0 +1,452 @@
+"""Training images per second: this project's full training step against the conventional PyTorch pipeline, side
+by side in one run, at the same geometry and batch size.
+
+    .venv/bin/python benchmarks/throughput.py                            # vit_lsa and vit, bf16 and fp32, CPU
+    .venv/bin/python benchmarks/throughput.py --models vit_lsa --dtype fp32 --workers 0 1 2
+    .venv/bin/python benchmarks/throughput.py --device cuda --steps 50   # on a GPU (see the README)
+    .venv/bin/python benchmarks/throughput.py --quick                    # smoke test: 2 steps, tiny batch
+
+Ours: exactly the step train.py runs: `DeviceSplit` batches by index from a prepared `index_loader`,
+`BatchTransform(AugmentationConfig.seed(), 72)` on the device, the model's forward under accelerate's mixed
+precision (`Accelerator(mixed_precision="bf16")` wraps the forward in autocast), `train.training_loss`,
+`accelerator.backward`, `accelerator.clip_grad_norm_(1.0)`, AdamW (`train.build_optimizer`), a cosine scheduler.
+
+The anchor, what a researcher would write instead: lucidrains' `vit-pytorch` at the same geometry (72×72 input,
+patch 6, dim 64, depth 8, 4 heads of 64, MLP 128, dropout 0.1): `vit_for_small_dataset.ViT` (SPT + LSA) for
+`vit_lsa`, `vit.ViT` for `vit`; a torch `DataLoader` over the training images as PIL images with per-sample
+torchvision transforms (resize 72, flip, rotation ±10.8°, zoom ±30 %, to tensor, normalise:
+`benchmarks/data_pipeline.py`'s conventional pipeline), AdamW, `torch.autocast` for bf16. Its worker count is
+swept (`--workers`) and the best is taken.
+
+Both see the same images (the real training split of `--dataset`), full batches only (`drop_last`), and the same
+process settings (threads, and, on CPU, `training.performance.tune_cpu_allocator()` unless
+`--no_tune_allocator`). Runs are interleaved (`--repeats`), so a burst of load from elsewhere hits every pipeline
+alike; the best and the median run are reported. Model FLOPs per image are the matrix products of one forward and
+backward (`torch.utils.flop_counter.FlopCounterMode`, attention counted through its written-out form); the peak is
+the best matrix-product rate measured on this device in the step's dtype (`torch.mm` / `F.linear`, square sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import data  # noqa: E402
+import models  # noqa: E402
+import train  # noqa: E402
+from data_pipeline import SHARED_DATA_DIR, PerSampleDataset, per_sample_transform  # noqa: E402
+from training.performance import tune_cpu_allocator  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+MODELS = ("vit_lsa", "vit")
+# The seed's optimiser settings (training.recipes, recipe "seed"); the exact values do not change the cost.
+OPTIMIZER_ARGS = SimpleNamespace(optimizer="adamw", learning_rate=1e-3, weight_decay=1e-4, momentum=0.9)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    add("--dtype", nargs="+", choices=tuple(DTYPES), default=["bf16", "fp32"],
+        help="precisions to measure (ours: accelerate's mixed_precision; anchor: torch.autocast)")
+    add("--batch_size", type=int, default=128)
+    add("--steps", type=int, default=8, help="timed training steps per run")
+    add("--warmup", type=int, default=2, help="untimed steps before the first run (more with --compile)")
+    add("--repeats", type=int, default=3, help="interleaved timed runs per pipeline")
+    add("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts tried for the anchor")
+    add("--dataset", default="breastmnist", help="MedMNIST flag whose training split feeds both pipelines")
+    add("--size", type=int, default=28, help="MedMNIST file size (source images; both resize to 72)")
+    add("--data_dir", default=None, help=f"npz folder (default: {SHARED_DATA_DIR} if present, else "
+                                          "$MEDMNIST_DATA_DIR)")
+    add("--cache_dir", default=None, help="Arrow cache (default: $HF_DATASETS_CACHE/medmnist)")
+    add("--synthetic", action="store_true", help="a synthetic file instead of the real data")
+    add("--device", default="cpu", help="cpu or cuda (cuda: written for, not yet run on, a GPU)")
+    add("--compile", action="store_true", help="ours: model.compile() (torch.compile in place; clean state dict)")
+    add("--compile_anchor", action="store_true", help="the anchor: torch.compile too")
+    add("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    add("--no_tune_allocator", action="store_true", help="keep glibc malloc's defaults (CPU)")
+    add("--skip_anchor", action="store_true")
+    add("--no_peak", action="store_true", help="skip the matrix-product peak measurement")
+    add("--seed", type=int, default=0)
+    add("--json", default=None, help="write every measurement to this file")
+    add("--quick", action="store_true", help="smoke test: batch 8, 2 steps, one run, synthetic data if none")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_size = min(args.batch_size, 8)
+        args.steps, args.warmup, args.repeats = min(args.steps, 2), 1, 1
+        args.workers = args.workers[:1]
+    return args
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+
+def load_training_split(args):
+    """(DeviceSplit of the training images on the device, source description)."""
+    data_dir = args.data_dir or (str(SHARED_DATA_DIR) if SHARED_DATA_DIR.is_dir() else None)
+    dataset, source = None, "official file"
+    if not args.synthetic:
+        try:
+            dataset = data.load_medmnist(args.dataset, args.size, data_dir=data_dir, cache_dir=args.cache_dir)
+        except data.MedMNISTDataError as error:
+            if not args.quick:
+                raise
+            print(f"[quick] real data unavailable ({str(error).splitlines()[0]}); using a synthetic file")
+    if dataset is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from synthetic import synthetic_medmnist
+
+        directory = Path(tempfile.mkdtemp(prefix="medmnist-throughput-"))
+        source = "synthetic file"
+        dataset = synthetic_medmnist(directory, args.dataset, args.size, n_train=max(64, 4 * args.batch_size),
+                                     n_val=8, n_test=8).load(cache_dir=directory / "cache")
+    return data.DeviceSplit.from_dataset(dataset["train"], args.device), source
+
+
+# --- the two training steps -----------------------------------------------------------------------------------
+
+
+def reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def make_accelerator(dtype: str, device: torch.device):
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    reset_accelerate()
+    return Accelerator(mixed_precision=MIXED_PRECISION[dtype], cpu=device.type == "cpu",
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+
+
+def ours(name: str, accelerator, split, mean, std, args):
+    """(model, step iterator): train.py's training step, one full step per `next()`, yielding the batch size."""
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    set_seed(args.seed)
+    model = models.build_model(name, split.num_channels, split.num_labels)
+    reference = copy.deepcopy(model)  # for the FLOP count (an uncompiled, unwrapped copy)
+    if args.compile:
+        model.compile()
+    transform = data.BatchTransform(data.AugmentationConfig.seed(), model.config.image_size, mean, std)
+    transform = transform.to(accelerator.device)
+    loader = data.index_loader(len(split), args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
+    optimizer = train.build_optimizer(OPTIMIZER_ARGS, model)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=10, num_training_steps=10**6)
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+    model.train()
+
+    def steps():
+        running_loss = torch.zeros((), device=accelerator.device)
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            for indices in loader:
+                with accelerator.accumulate(model):
+                    images, labels = split.batch(indices)
+                    pixel_values = transform(images, train=True)
+                    logits = model(pixel_values=pixel_values).logits
+                    loss = train.training_loss(logits, labels, split.is_multilabel, 0.0)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                running_loss += loss.detach()
+                yield len(indices)
+            epoch += 1
+
+    return reference, steps()
+
+
+def anchor_model(name: str, channels: int, num_classes: int, image_size: int = 72):
+    """lucidrains' vit-pytorch at the seed's geometry."""
+    from vit_pytorch.vit import ViT as PlainViT
+    from vit_pytorch.vit_for_small_dataset import ViT as SmallDatasetViT
+
+    cls = SmallDatasetViT if name == "vit_lsa" else PlainViT
+    return cls(image_size=image_size, patch_size=6, num_classes=num_classes, dim=64, depth=8, heads=4, dim_head=64,
+               mlp_dim=128, channels=channels, dropout=0.1, emb_dropout=0.1)
+
+
+def anchor(name: str, dtype: str, workers: int, images_nhwc, labels, mean, std, args):
+    """(model, step iterator): the conventional loop, one step per `next()`, yielding the batch size."""
+    from torch.utils.data import DataLoader
+
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = anchor_model(name, images_nhwc.shape[-1], int(labels.max()) + 1).to(device).train()
+    reference = copy.deepcopy(model)
+    if args.compile_anchor:
+        model = torch.compile(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=OPTIMIZER_ARGS.learning_rate,
+                                  weight_decay=OPTIMIZER_ARGS.weight_decay)
+    dataset = PerSampleDataset(images_nhwc, labels,
+                               per_sample_transform(data.AugmentationConfig.seed(), 72, mean, std))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(args.seed))
+    autocast = dtype != "fp32"
+
+    def steps():
+        while True:
+            for pixel_values, targets in loader:
+                pixel_values = pixel_values.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True).long().view(-1)
+                with torch.autocast(device.type, dtype=DTYPES[dtype], enabled=autocast):
+                    logits = model(pixel_values)
+                loss = F.cross_entropy(logits.float(), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                yield len(targets)
+
+    return reference, steps()
+
+
+# --- measurements ---------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_steps(iterator, steps: int, device: torch.device) -> tuple[int, float]:
+    """(images, seconds) of `steps` training steps."""
+    synchronize(device)
+    start = time.perf_counter()
+    images = sum(next(iterator) for _ in range(steps))
+    synchronize(device)
+    return images, time.perf_counter() - start
+
+
+def training_flops(forward, model, example: torch.Tensor) -> tuple[float, float]:
+    """(forward, forward + backward) matrix-product FLOPs per image of `model`, counted in fp32 on the CPU with
+    the attention written out (the fused kernels' FLOPs are not all registered with the counter)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(model).float().cpu().train()
+    example = example.float().cpu()
+    with sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as forward_counter:
+            logits = forward(model, example)
+        with FlopCounterMode(display=False) as backward_counter:
+            logits.float().sum().backward()
+    batch = example.shape[0]
+    forward_flops = forward_counter.get_total_flops() / batch
+    return forward_flops, forward_flops + backward_counter.get_total_flops() / batch
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool) -> dict:
+    """The best matrix-product rate (FLOP/s) of `torch.mm` and `F.linear` on square matrices, growing the size
+    while one product is predicted to take under ~2 s (bf16 without hardware support is slow on some CPUs)."""
+    sizes = [256] if quick else ([4096, 8192] if device.type == "cuda" else [512, 1024, 2048, 4096])
+    best = {"flops": 0.0, "size": None, "op": None}
+    for size in sizes:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        longest = 0.0
+        for op_name, op in (("mm", torch.mm), ("linear", F.linear)):
+            op(a, b)
+            synchronize(device)
+            runs, elapsed = 0, 0.0
+            while runs < 3 or (elapsed < 0.5 and runs < 50):
+                start = time.perf_counter()
+                op(a, b)
+                synchronize(device)
+                seconds = time.perf_counter() - start
+                elapsed, runs = elapsed + seconds, runs + 1
+                rate = 2 * size**3 / seconds
+                if rate > best["flops"]:
+                    best = {"flops": rate, "size": size, "op": op_name}
+                if seconds > 1.0:
+                    break
+            longest = max(longest, elapsed / runs)
+        if longest * 8 > 2.0:  # the next size costs 8× as much
+            break
+    return best
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (f"{name}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({capability}), "
+            f"{torch.get_num_threads()} threads")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    allocator = device.type == "cpu" and not args.no_tune_allocator and tune_cpu_allocator()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
+    try:
+        split, source = load_training_split(args)
+    except data.MedMNISTDataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if len(split) < args.batch_size:
+        print(f"error: {len(split)} training images, fewer than one batch of {args.batch_size}", file=sys.stderr)
+        return 2
+    mean, std = data.channel_mean_std(split.images)
+    images_nhwc = split.images.cpu().permute(0, 2, 3, 1).numpy()
+    labels = split.labels.cpu().numpy()
+
+    print(f"{args.dataset} train split ({source}, {len(split)} images {split.images.shape[-1]} px -> 72 px), "
+          f"batch {args.batch_size}, {args.steps} timed steps × {args.repeats} interleaved runs")
+    print(f"machine: {machine_description(device)}; glibc allocator tuned: {bool(allocator)}; "
+          f"load average at start: {load_average()}")
+
+    results = []
+    for dtype in args.dtype:
+        accelerator = make_accelerator(dtype, device)
+        runners = []  # [name, pipeline, workers, iterator, flops per image (forward, training)]
+        example = torch.zeros(2, split.num_channels, 72, 72)
+        for name in args.models:
+            start = time.perf_counter()
+            reference, iterator = ours(name, accelerator, split, mean, std, args)
+            for _ in range(args.warmup):
+                next(iterator)
+            flops = training_flops(lambda m, x: m(pixel_values=x).logits, reference, example)
+            runners.append([name, "ours (train.py step)", "-", iterator, flops, time.perf_counter() - start])
+            if args.skip_anchor:
+                continue
+            for workers in args.workers:
+                start = time.perf_counter()
+                reference, iterator = anchor(name, dtype, workers, images_nhwc, labels, mean, std, args)
+                for _ in range(args.warmup):
+                    next(iterator)
+                flops = training_flops(lambda m, x: m(x), reference, example)
+                runners.append([name, "anchor (vit-pytorch + DataLoader)", str(workers), iterator, flops,
+                                time.perf_counter() - start])
+        rates = [[] for _ in runners]
+        for _ in range(args.repeats):
+            for index, runner in enumerate(runners):
+                images, seconds = run_steps(runner[3], args.steps, device)
+                rates[index].append(images / seconds)
+        peak = None if args.no_peak else matmul_peak(device, DTYPES[dtype], args.quick)
+        for runner, runner_rates in zip(runners, rates):
+            name, pipeline, workers, _, (forward_flops, train_flops), warmup_seconds = runner
+            best, median = max(runner_rates), statistics.median(runner_rates)
+            achieved = best * train_flops
+            results.append({
+                "model": name, "dtype": dtype, "pipeline": pipeline, "workers": workers,
+                "images_per_second_best": best, "images_per_second_median": median, "runs": runner_rates,
+                "forward_gflop_per_image": forward_flops / 1e9, "training_gflop_per_image": train_flops / 1e9,
+                "achieved_tflops": achieved / 1e12,
+                "peak_tflops": None if peak is None else peak["flops"] / 1e12,
+                "fraction_of_peak": None if not peak or not peak["flops"] else achieved / peak["flops"],
+                "peak_measured_with": peak, "setup_and_warmup_seconds": warmup_seconds,
+            })
+        for runner in runners:
+            runner[3].close()  # frees the anchor's DataLoader, which ends its worker processes
+        del runners
+        print(f"  {dtype}: done (load average {load_average()})")
+    reset_accelerate()
+
+    print_table(results)
+    summary = ratios(results)
+    for line in summary["lines"]:
+        print(line)
+    print(f"load average at the end: {load_average()}")
+    if args.json:
+        record = {"command": " ".join([Path(sys.executable).name, "benchmarks/throughput.py", *(argv or sys.argv[1:])]),
+                  "machine": machine_description(device), "allocator_tuned": bool(allocator), "source": source,
+                  "args": vars(args), "results": results, "ratios": summary["ratios"],
+                  "load_average_end": load_average()}
+        Path(args.json).write_text(json.dumps(record, indent=2, default=str))
+    return 0
+
+
+def print_table(results):
+    header = (f"\n{'model':<8}{'dtype':<6}{'pipeline':<35}{'workers':>8}{'img/s best':>12}{'median':>9}"
+              f"{'GFLOP/img':>11}{'TFLOP/s':>9}{'% peak':>8}")
+    print(header)
+    print("-" * (len(header) - 1))
+    for r in results:
+        peak = "n/a" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}"
+        print(f"{r['model']:<8}{r['dtype']:<6}{r['pipeline']:<35}{r['workers']:>8}"
+              f"{r['images_per_second_best']:>12.1f}{r['images_per_second_median']:>9.1f}"
+              f"{r['training_gflop_per_image']:>11.2f}{r['achieved_tflops']:>9.3f}{peak:>8}")
+    peaks = {r["dtype"]: r["peak_measured_with"] for r in results if r["peak_measured_with"]}
+    for dtype, peak in peaks.items():
+        print(f"peak {dtype}: {peak['flops'] / 1e12:.3f} TFLOP/s ({peak['op']} {peak['size']}×{peak['size']})")
+
+
+def ratios(results) -> dict:
+    """Ours against the anchor's best worker count: per dtype, and against the anchor's bf16 (the issue's target)."""
+    def best(model, dtype, ours):
+        rows = [r for r in results if r["model"] == model and r["dtype"] == dtype
+                and r["pipeline"].startswith("ours") == ours]
+        return max(rows, key=lambda r: r["images_per_second_best"]) if rows else None
+
+    lines, table = ["\nours / anchor (anchor at its best worker count; best runs, medians in brackets):"], []
+    models_seen = list(dict.fromkeys(r["model"] for r in results))
+    dtypes_seen = list(dict.fromkeys(r["dtype"] for r in results))
+    for model in models_seen:
+        for ours_dtype in dtypes_seen:
+            mine = best(model, ours_dtype, True)
+            for anchor_dtype in dtypes_seen:
+                theirs = best(model, anchor_dtype, False)
+                if mine is None or theirs is None:
+                    continue
+                ratio = mine["images_per_second_best"] / theirs["images_per_second_best"]
+                median_ratio = mine["images_per_second_median"] / theirs["images_per_second_median"]
+                table.append({"model": model, "ours_dtype": ours_dtype, "anchor_dtype": anchor_dtype,
+                              "anchor_workers": theirs["workers"], "ratio_best": ratio, "ratio_median": median_ratio})
+                lines.append(f"  {model:<8} ours {ours_dtype} / anchor {anchor_dtype} ({theirs['workers']} workers): "
+                             f"{ratio:.2f}x ({median_ratio:.2f}x)")
+    return {"lines": lines, "ratios": table}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
