@@ -309,7 +309,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         (output_dir / "run_config.json").write_text(json.dumps(config, indent=2, default=str))
     if args.report_to != "none":
-        accelerator.init_trackers("tensorboard", config=tensorboard_hparams(config))
+        accelerator.init_trackers(output_dir.name, config=tensorboard_hparams(config))
     writer = None  # the SummaryWriter, for images and figures
     if accelerator.is_main_process and any(t.name == "tensorboard" for t in accelerator.trackers):
         writer = accelerator.get_tracker("tensorboard", unwrap=True)
