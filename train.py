@@ -105,6 +105,8 @@ def parse_args(argv=None):
     add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")
     add("--selection_metric", choices=SELECTION_METRICS, default="auc",
         help="Validation metric that picks `best` ('last' keeps the final epoch, as the seed reported).")
+    add("--skip_test", action="store_true",
+        help="Never touch the test split (hyperparameter searches): all_results.json gets test_metrics null.")
     add("--report_to", default="tensorboard", help="accelerate tracker(s): tensorboard, all, or none.")
     add("--logging_steps", type=int, default=10)
     add("--checkpointing_steps", default="epoch", help="Save the training state every N steps, or 'epoch'.")
@@ -116,7 +118,7 @@ def parse_args(argv=None):
     add("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
 
-    for key, value in recipe_defaults(args.recipe, args.model).items():
+    for key, value in recipe_defaults(args.recipe, args.model, args.dataset, args.image_size).items():
         if key == "config_overrides":
             recipe_overrides = parse_config_overrides(value)
             recipe_overrides.update(parse_config_overrides(args.config_overrides or ""))
@@ -439,10 +441,13 @@ def main(argv=None):
     # The test split, once, on the model chosen on the validation split.
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.load_state_dict(best_weights)
-    scores, labels = metrics.predict(model, test_split, eval_transform, accelerator, args.per_device_eval_batch_size,
-                                     info.task, desc="Testing", loader=test_loader)
+    test_metrics = None
+    if not args.skip_test:
+        scores, labels = metrics.predict(model, test_split, eval_transform, accelerator,
+                                         args.per_device_eval_batch_size, info.task, desc="Testing", loader=test_loader)
     if accelerator.is_main_process:
-        test_metrics = metrics.compute_metrics(scores, labels, info.task, info.label_names, seed=args.seed)
+        if not args.skip_test:
+            test_metrics = metrics.compute_metrics(scores, labels, info.task, info.label_names, seed=args.seed)
         summary = run_summary(test_metrics)
         all_results = {
             **summary,
@@ -453,8 +458,9 @@ def main(argv=None):
             "global_step": state["global_step"],
         }
         (output_dir / "all_results.json").write_text(json.dumps(metrics.to_json_safe(all_results), indent=2))
-        logger.info("\n" + metrics.format_report(test_metrics, title=f"Test split, best epoch {state['best_epoch']}"),
-                    main_process_only=True)
+        if test_metrics is not None:
+            logger.info("\n" + metrics.format_report(test_metrics, title=f"Test split, best epoch {state['best_epoch']}"),
+                        main_process_only=True)
         if pusher is not None:
             (output_dir / "best" / "README.md").write_text(model_card(summary))
             pusher.push(output_dir / "best", output_dir / "runs", model_card(summary),

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from synthetic import write_synthetic_npz
+
+import models
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hf_secretTOKEN0123456789"
@@ -270,3 +271,28 @@ def test_non_finite_loss_stops_with_a_clear_message(data_dir, tmp_path):
     assert result.returncode == 3, result.stderr[-3000:]
     assert "non-finite" in result.stdout + result.stderr
     assert not (tmp_path / "nan" / "all_results.json").exists()
+
+
+def test_skip_test_never_evaluates_the_test_split(short_run, data_dir, tmp_path):
+    _, straight = short_run
+    assert "Testing" in straight.stdout + straight.stderr  # what a normal run prints, and this one must not
+    result = python_train(*train_args(data_dir, tmp_path / "search", "--model", "cnn", "--num_epochs", "1",
+                                      "--per_device_train_batch_size", "16", "--report_to", "none", "--skip_test"))
+    results = read_results(tmp_path / "search")
+    assert results["test_metrics"] is None
+    assert 0 <= results["validation_metrics"]["acc"] <= 1
+    assert "Testing" not in result.stdout + result.stderr
+
+
+def test_default_recipe_trains_at_the_files_resolution_and_the_seed_recipe_at_72():
+    import train
+
+    args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist"])
+    assert (args.config_overrides["image_size"], args.config_overrides["patch_size"]) == (28, 4)
+    args = train.parse_args(["--model", "vit", "--image_size", "64", "--config_overrides", "patch_size=16"])
+    assert (args.config_overrides["image_size"], args.config_overrides["patch_size"]) == (64, 16)  # the user's wins
+    args = train.parse_args(["--model", "cnn", "--image_size", "64"])
+    assert args.config_overrides["image_size"] == 64
+    args = train.parse_args(["--model", "vit_lsa", "--recipe", "seed"])
+    assert "image_size" not in args.config_overrides  # the model's own 72 px / patch 6: the seed's geometry
+    assert models.build_config("vit_lsa", 1, 2, **args.config_overrides).image_size == 72

@@ -62,13 +62,34 @@ _CNN_SEED = dict(
     config_overrides="",
 )
 
+# Per data set departures from the `default` recipe, found on the validation split (see README, "Results").
+DATASET_DEFAULTS: dict[tuple[str, str], dict] = {}
+
 RECIPES = {
     "default": {"cnn": _CNN_DEFAULT, "vit": _VIT_DEFAULT, "vit_lsa": _VIT_DEFAULT},
     "seed": {"cnn": _CNN_SEED, "vit": _VIT_SEED, "vit_lsa": _VIT_SEED},
 }
 
 
-def recipe_defaults(recipe: str, model: str) -> dict:
+def native_geometry(model: str, image_size: int) -> str:
+    """The `default` recipe's input geometry: the file's own resolution (no upsampling), and for the ViTs a 7×7
+    token grid at 28 px (patch 4, as the SPT/LSA paper's patch 4 on 32 px) and an 8×8 grid at 64 px and above."""
+    if model == "cnn":
+        return f"image_size={image_size}"
+    patch_size = 4 if image_size == 28 else image_size // 8
+    return f"image_size={image_size},patch_size={patch_size}"
+
+
+def recipe_defaults(recipe: str, model: str, dataset: str | None = None, image_size: int = 28) -> dict:
+    """The recipe's value for every training argument it sets, for this model, data set and file resolution.
+
+    `config_overrides` is a "k=v,..." string of model config fields (the user's own overrides are applied after it).
+    """
     if recipe not in RECIPES:
         raise ValueError(f"Unknown recipe {recipe!r}; allowed: {', '.join(RECIPE_NAMES)}.")
-    return dict(RECIPES[recipe][model])
+    defaults = dict(RECIPES[recipe][model])
+    if recipe == "default":
+        defaults["config_overrides"] = ",".join(
+            part for part in (native_geometry(model, image_size), defaults["config_overrides"]) if part)
+        defaults.update(DATASET_DEFAULTS.get((dataset, model), {}))
+    return defaults

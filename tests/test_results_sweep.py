@@ -1,0 +1,65 @@
+"""benchmarks/run_results.py end to end: real `accelerate launch train.py` runs on synthetic data, aggregated."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic import write_synthetic_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import run_results  # noqa: E402
+
+TRAIN_ARGS = ("--no_verify_checksum --num_epochs 1 --per_device_train_batch_size 16 --per_device_eval_batch_size 32 "
+              "--report_to none --checkpoints_total_limit 1")
+LAUNCH = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no " \
+         "--dynamo_backend no"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    write_synthetic_npz(root / "data", "breastmnist", n_train=64, n_val=32, n_test=40, seed=0)
+    argv = ["--datasets", "breastmnist", "--models", "cnn", "--seeds", "0", "1", "--data_dir", str(root / "data"),
+            "--runs_dir", str(root / "runs"), "--results_dir", str(root / "results"), "--jobs", "2",
+            "--launch", LAUNCH, "--train_args", TRAIN_ARGS]
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            patch.setenv(key, "1")
+        patch.setenv("HF_DATASETS_CACHE", str(root / "cache"))
+        run_results.main(argv)
+    return root, argv
+
+
+def test_sweep_writes_table_json_and_chart_from_the_runs(sweep):
+    root, _ = sweep
+    results = json.loads((root / "results" / "results.json").read_text())
+    (row,) = results["rows"]
+    assert (row["dataset"], row["model"], row["seeds"]) == ("breastmnist", "cnn", [0, 1])
+    runs = [json.loads((root / "runs" / f"breastmnist-cnn-seed{s}" / "all_results.json").read_text()) for s in (0, 1)]
+    accs = [r["test_metrics"]["acc"] for r in runs]
+    assert row["test_acc"]["mean"] == pytest.approx(statistics.fmean(accs))
+    assert row["test_acc"]["std"] == pytest.approx(statistics.stdev(accs))
+    assert [r["seed"] for r in row["runs"]] == [0, 1]
+    assert all(r["config"]["seed"] == s for r, s in zip(runs, (0, 1)))
+    table = (root / "results" / "RESULTS.md").read_text()
+    assert f"| breastmnist | cnn | 2 | {row['test_acc']['mean']:.4f}" in table
+    assert "0.76" in table  # the seed notebooks' BreastMNIST CNN accuracy beside ours
+    assert (root / "results" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_skips_finished_runs(sweep, capsys):
+    root, argv = sweep
+    stamp = (root / "runs" / "breastmnist-cnn-seed0" / "all_results.json").stat().st_mtime_ns
+    run_results.main(argv)
+    assert "[skip] breastmnist-cnn-seed0" in capsys.readouterr().out
+    assert (root / "runs" / "breastmnist-cnn-seed0" / "all_results.json").stat().st_mtime_ns == stamp
+
+
+def test_a_failed_run_makes_the_sweep_fail_with_its_log(sweep):
+    root, argv = sweep
+    argv = [*argv, "--seeds", "7", "--train_args", TRAIN_ARGS + " --learning_rate -1"]
+    with pytest.raises(SystemExit, match="breastmnist-cnn-seed7.*FAILED"):
+        run_results.main(argv)
