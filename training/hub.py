@@ -65,7 +65,8 @@ datasets:
 
 Trained from scratch on MedMNIST's `{data["flag"]}` ({data.get("task", "")}, {len(data.get("label_names", []))} labels:
 {", ".join(data.get("label_names", []))}). Model chosen on the validation split by `{summary["selection_metric"]}`
-at epoch {summary.get("best_epoch")}; the test split was evaluated once, on that model.
+at epoch {summary.get("best_epoch")}; {"the test split was evaluated once, on that model" if test else
+"the test split was not evaluated (`--skip_test`)"}.
 
 | split | ACC [95% CI] | AUC [95% CI] |
 | --- | --- | --- |

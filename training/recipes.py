@@ -18,9 +18,13 @@ _VIT_DEFAULT = dict(
     warmup_epochs=10.0,
     lr_scheduler="cosine",
     label_smoothing=0.1,
-    augmentation="strong",
+    # The seed's flip / rotation / zoom: on BreastMNIST's validation split it matched the stronger DeiT-like preset
+    # (RandAugment, erasing, mixup / cutmix) on AUC and beat it by 0.05 on ACC (README, "Results").
+    augmentation="seed",
     normalization="train_stats",
-    config_overrides="drop_path_rate=0.1",
+    # Mean-pooled tokens into one linear layer: on BreastMNIST's validation split this beat the seed's head (flatten
+    # all tokens, MLP 2048 -> 1024) by 0.05 AUC, with 0.67 M parameters instead of 9.2 M (README, "Results").
+    config_overrides="pooling=mean,head_hidden_sizes=[],drop_path_rate=0.1",
 )
 _CNN_DEFAULT = dict(
     num_epochs=100,
