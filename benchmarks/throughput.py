@@ -4,7 +4,7 @@ by side in one run, at the same geometry and batch size.
     .venv/bin/python benchmarks/throughput.py                            # vit_lsa and vit, bf16 and fp32, CPU
     .venv/bin/python benchmarks/throughput.py --models vit_lsa --dtype fp32 --workers 0 1 2
     .venv/bin/python benchmarks/throughput.py --device cuda --steps 50   # on a GPU (see the README)
-    .venv/bin/python benchmarks/throughput.py --quick                    # smoke test: 2 steps, tiny batch
+    .venv/bin/python benchmarks/throughput.py --quick                    # smoke test: 24 px, batch 8, 2 steps
 
 Ours: exactly the step train.py runs: `DeviceSplit` batches by index from a prepared `index_loader`,
 `BatchTransform(AugmentationConfig.seed(), 72)` on the device, the model's forward under accelerate's mixed
@@ -16,7 +16,9 @@ patch 6, dim 64, depth 8, 4 heads of 64, MLP 128, dropout 0.1): `vit_for_small_d
 `vit_lsa`, `vit.ViT` for `vit`; a torch `DataLoader` over the training images as PIL images with per-sample
 torchvision transforms (resize 72, flip, rotation ±10.8°, zoom ±30 %, to tensor, normalise:
 `benchmarks/data_pipeline.py`'s conventional pipeline), AdamW, `torch.autocast` for bf16. Its worker count is
-swept (`--workers`) and the best is taken.
+swept (`--workers`) and the best is taken. Its head is vit-pytorch's (CLS token, LayerNorm, one linear layer); ours
+is the seed's (all 144 tokens flattened, MLP 2048 → 1024): about 10 % more FLOPs per image and 19 M more parameters
+for AdamW, which the GFLOP/img column shows.
 
 Both see the same images (the real training split of `--dataset`), full batches only (`drop_last`), and the same
 process settings (threads, and, on CPU, `training.performance.tune_cpu_allocator()` unless
@@ -24,6 +26,7 @@ process settings (threads, and, on CPU, `training.performance.tune_cpu_allocator
 alike; the best and the median run are reported. Model FLOPs per image are the matrix products of one forward and
 backward (`torch.utils.flop_counter.FlopCounterMode`, attention counted through its written-out form); the peak is
 the best matrix-product rate measured on this device in the step's dtype (`torch.mm` / `F.linear`, square sizes).
+On a CPU without AMX / AVX-512 BF16, bf16 is emulated and far slower than fp32 for both pipelines (train.py warns).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ import data  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
 from data_pipeline import SHARED_DATA_DIR, PerSampleDataset, per_sample_transform  # noqa: E402
-from training.performance import tune_cpu_allocator  # noqa: E402
+from training.performance import restore_cpu_allocator, tune_cpu_allocator  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -72,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--steps", type=int, default=8, help="timed training steps per run")
     add("--warmup", type=int, default=2, help="untimed steps before the first run (more with --compile)")
     add("--repeats", type=int, default=3, help="interleaved timed runs per pipeline")
-    add("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts tried for the anchor")
+    add("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts tried for the anchor "
+                                                                "(each kept alive through the run)")
     add("--dataset", default="breastmnist", help="MedMNIST flag whose training split feeds both pipelines")
     add("--size", type=int, default=28, help="MedMNIST file size (source images; both resize to 72)")
     add("--data_dir", default=None, help=f"npz folder (default: {SHARED_DATA_DIR} if present, else "
@@ -192,6 +196,11 @@ def anchor_model(name: str, channels: int, num_classes: int, image_size: int = 7
                mlp_dim=128, channels=channels, dropout=0.1, emb_dropout=0.1)
 
 
+def _worker_init(_worker_id: int):
+    # The workers are forked from this (large, allocator-tuned) process: without this they copy its freed heap.
+    restore_cpu_allocator()
+
+
 def anchor(name: str, dtype: str, workers: int, images_nhwc, labels, mean, std, args):
     """(model, step iterator): the conventional loop, one step per `next()`, yielding the batch size."""
     from torch.utils.data import DataLoader
@@ -208,7 +217,7 @@ def anchor(name: str, dtype: str, workers: int, images_nhwc, labels, mean, std, 
                                per_sample_transform(data.AugmentationConfig.seed(), 72, mean, std))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(args.seed))
+                        generator=torch.Generator().manual_seed(args.seed), worker_init_fn=_worker_init)
     autocast = dtype != "fp32"
 
     def steps():
@@ -308,6 +317,13 @@ def machine_description(device: torch.device) -> str:
             f"{torch.get_num_threads()} threads")
 
 
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process (Linux: ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -390,7 +406,7 @@ def main(argv=None) -> int:
         for runner in runners:
             runner[3].close()  # frees the anchor's DataLoader, which ends its worker processes
         del runners
-        print(f"  {dtype}: done (load average {load_average()})")
+        print(f"  {dtype}: done (load average {load_average()}, peak memory {peak_memory_gb():.1f} GB)")
     reset_accelerate()
 
     print_table(results)
@@ -402,7 +418,7 @@ def main(argv=None) -> int:
         record = {"command": " ".join([Path(sys.executable).name, "benchmarks/throughput.py", *(argv or sys.argv[1:])]),
                   "machine": machine_description(device), "allocator_tuned": bool(allocator), "source": source,
                   "args": vars(args), "results": results, "ratios": summary["ratios"],
-                  "load_average_end": load_average()}
+                  "load_average_end": load_average(), "peak_memory_gb": peak_memory_gb()}
         Path(args.json).write_text(json.dumps(record, indent=2, default=str))
     return 0
 
