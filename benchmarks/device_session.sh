@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One prepared GPU session: what this CPU-only project cannot measure here, in one command of at most 10 minutes.
+#   1. issue 7: benchmarks/throughput.py on the GPU (ours vs the vit-pytorch anchor, bf16 and fp32);
+#   2. issue 7: the seed's BloodMNIST ViT + SPT + LSA recipe (50 epochs), timed end to end;
+#   3. issue 6: the BloodMNIST ViT rows (vit, vit_lsa × seeds 0 1 2, default recipe, bf16) through
+#      benchmarks/run_results.py, six runs at once on the one GPU.
+# Everything comes back as one archive, $OUT/device_results.tar.gz (the device tool returns at most 8 files).
+#
+# Before the call, on the development machine, from the repository root (once):
+#   bash benchmarks/device_session.sh --prepare      # wheels the GPU image lacks -> .whl/, the npz files -> .devdata/
+# The call (device tool):  run(command="bash benchmarks/device_session.sh", carry=[".whl", ".devdata"], timeout_s=600)
+# Afterwards, here:  tar xzf <files_at>/device_results.tar.gz -C runs/   then
+#   python benchmarks/run_results.py --collect_only --runs_dir runs/device/runs ...
+# Budgets (seconds) are environment variables: THROUGHPUT_S, SEED_RECIPE_S, SWEEP_S.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+    mkdir -p .whl .devdata
+    grep -qx "/.whl/" .git/info/exclude || echo "/.whl/" >> .git/info/exclude
+    grep -qx "/.devdata/" .git/info/exclude || echo "/.devdata/" >> .git/info/exclude
+    # The GPU image (Python 3.12) has torch, accelerate, transformers 5.17, huggingface_hub 1.33, pyarrow, pandas,
+    # scikit-learn, matplotlib, tensorboard; it lacks these (transformers: the version this project is tested with).
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        datasets==5.2.0 evaluate==0.4.6 medmnist==3.0.2 fire==0.7.1 termcolor==3.3.0 dill==0.4.1 \
+        multiprocess==0.70.19 transformers==5.24.0 vit-pytorch==1.26.14 einops==0.8.2 || exit 1
+    cp "${MEDMNIST_DATA_DIR:-../shared/data/medmnist}"/{bloodmnist,breastmnist}.npz .devdata/ || exit 1
+    du -sh .whl .devdata
+    exit 0
+fi
+
+OUT=${OUT:-/tmp/device-out}
+WORK=${WORK:-/tmp/device-work}
+mkdir -p "$OUT" "$WORK"
+if [ -z "${SKIP_INSTALL:-}" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_DATASETS_CACHE="$WORK/hf-cache"
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+PRECISION=${PRECISION:-bf16}
+LAUNCH="$PYTHON -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no"
+EXTRA=${EXTRA_TRAIN_ARGS:-}   # e.g. "--max_train_steps 2" for a dry run of this script on a CPU
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null; $PYTHON -c "import torch, transformers, datasets; print(torch.__version__, transformers.__version__, datasets.__version__)"; } \
+    2>&1 | tee "$WORK/environment.txt"
+
+echo "== 1. throughput benchmark"
+timeout "${THROUGHPUT_S:-150}" $PYTHON benchmarks/throughput.py --device "$DEVICE" --steps 20 --repeats 2 --data_dir .devdata \
+    --json "$WORK/throughput.json" ${THROUGHPUT_ARGS:-} 2>&1 | tee "$WORK/throughput.log"
+
+echo "== 2. the seed's BloodMNIST ViT + SPT + LSA recipe, 50 epochs"
+start=$(date +%s)
+timeout "${SEED_RECIPE_S:-150}" $LAUNCH train.py --model vit_lsa --dataset bloodmnist --recipe seed \
+    --data_dir .devdata --output_dir "$WORK/seed-recipe" --report_to none --checkpoints_total_limit 1 $EXTRA \
+    > "$WORK/seed-recipe.log" 2>&1
+status=$?
+tail -n 25 "$WORK/seed-recipe.log"
+echo "exit $status after $(( $(date +%s) - start )) s" | tee -a "$WORK/seed-recipe.log"
+
+echo "== 3. BloodMNIST ViT rows (default recipe), six runs at once"
+timeout "${SWEEP_S:-330}" $PYTHON benchmarks/run_results.py --datasets bloodmnist --models vit vit_lsa \
+    --seeds 0 1 2 --jobs 6 --data_dir .devdata --runs_dir "$WORK/runs" --results_dir "$WORK/results" \
+    --launch "$LAUNCH" --train_args "--report_to none --checkpoints_total_limit 1 $EXTRA" 2>&1 | tail -n 40
+
+# Bring back the records, not the weights.
+tar czf "$OUT/device_results.tar.gz" -C "$WORK" --exclude='*.safetensors' --exclude='checkpoints' --exclude='hf-cache' \
+    --exclude='*.bin' --exclude='*.pt' --exclude='*.pkl' .
+ls -la "$OUT"
