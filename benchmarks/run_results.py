@@ -123,7 +123,11 @@ def collect(args) -> dict:
             for seed in args.seeds:
                 path = Path(args.runs_dir) / run_name(dataset, model, seed) / "all_results.json"
                 if path.is_file():
-                    runs.append((seed, json.loads(path.read_text())))
+                    result = json.loads(path.read_text())
+                    if result.get("test_metrics") is None:  # a --skip_test (search) run: not a result
+                        print(f"[ignored] {path.parent.name}: no test metrics (--skip_test run)", flush=True)
+                        continue
+                    runs.append((seed, result))
             if not runs:
                 continue
             row = {"dataset": dataset, "model": model, "seeds": [s for s, _ in runs], "runs": []}

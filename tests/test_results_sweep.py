@@ -63,3 +63,15 @@ def test_a_failed_run_makes_the_sweep_fail_with_its_log(sweep):
     argv = [*argv, "--seeds", "7", "--train_args", TRAIN_ARGS + " --learning_rate -1"]
     with pytest.raises(SystemExit, match="breastmnist-cnn-seed7.*FAILED"):
         run_results.main(argv)
+
+
+def test_collect_ignores_search_runs_without_test_metrics(sweep, capsys):
+    root, argv = sweep
+    search = json.loads((root / "runs" / "breastmnist-cnn-seed0" / "all_results.json").read_text())
+    search["test_metrics"] = None  # what `train.py --skip_test` writes
+    (root / "runs" / "breastmnist-cnn-seed5").mkdir()
+    (root / "runs" / "breastmnist-cnn-seed5" / "all_results.json").write_text(json.dumps(search))
+    run_results.main([*argv, "--seeds", "0", "1", "5", "--collect_only"])
+    assert "[ignored] breastmnist-cnn-seed5" in capsys.readouterr().out
+    (row,) = json.loads((root / "results" / "results.json").read_text())["rows"]
+    assert row["seeds"] == [0, 1]
