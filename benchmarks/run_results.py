@@ -208,9 +208,8 @@ def results_chart(results: dict, path: Path) -> None:
         seed = [SEED_TABLE.get((dataset, r["model"])) for r in rows]
         axis.scatter([j - 0.2 for j, s in zip(x, seed) if s], [s for s in seed if s], color="black", marker="x",
                      zorder=3, label="seed notebooks' ACC")
-        for name, (acc, _) in PUBLISHED.get(dataset, {}).items():
-            axis.axhline(acc, linestyle="--", linewidth=0.8, color="gray")
-            axis.text(len(rows) - 0.5, acc, f"{name} ACC", fontsize=7, va="bottom", ha="right", color="gray")
+        for (name, (acc, _)), style in zip(PUBLISHED.get(dataset, {}).items(), ("--", ":", "-.")):
+            axis.axhline(acc, linestyle=style, linewidth=0.9, color="gray", label=f"{name}: ACC {acc:.3f}")
         axis.set_xticks(list(x), [r["model"] for r in rows])
         axis.set_ylim(0.5, 1.0)
         axis.set_title(dataset)
