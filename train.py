@@ -118,7 +118,7 @@ def parse_args(argv=None):
     add("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
 
-    for key, value in recipe_defaults(args.recipe, args.model, args.dataset, args.image_size).items():
+    for key, value in recipe_defaults(args.recipe, args.model, args.image_size).items():
         if key == "config_overrides":
             recipe_overrides = parse_config_overrides(value)
             recipe_overrides.update(parse_config_overrides(args.config_overrides or ""))
@@ -445,9 +445,9 @@ def main(argv=None):
     if not args.skip_test:
         scores, labels = metrics.predict(model, test_split, eval_transform, accelerator,
                                          args.per_device_eval_batch_size, info.task, desc="Testing", loader=test_loader)
-    if accelerator.is_main_process:
-        if not args.skip_test:
+        if accelerator.is_main_process:
             test_metrics = metrics.compute_metrics(scores, labels, info.task, info.label_names, seed=args.seed)
+    if accelerator.is_main_process:
         summary = run_summary(test_metrics)
         all_results = {
             **summary,

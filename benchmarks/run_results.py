@@ -67,7 +67,8 @@ def train_command(args, dataset: str, model: str, seed: int, output_dir: Path) -
             args.data_dir, "--seed", str(seed), "--output_dir", str(output_dir), *shlex.split(args.train_args)]
 
 
-def run_one(args, dataset: str, model: str, seed: int, threads: int | None) -> str:
+def run_one(args, dataset: str, model: str, seed: int, threads: int | None) -> tuple[bool, str]:
+    """Train one run, its output to `<runs_dir>/<name>.log`; returns (succeeded, a one-line report)."""
     output_dir = Path(args.runs_dir) / run_name(dataset, model, seed)
     command = train_command(args, dataset, model, seed, output_dir)
     env = dict(os.environ)
@@ -81,7 +82,7 @@ def run_one(args, dataset: str, model: str, seed: int, threads: int | None) -> s
         handle.flush()
         result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
     status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode}), see {log}"
-    return f"{output_dir.name} in {time.time() - started:.0f} s: {status}"
+    return result.returncode == 0, f"{output_dir.name} in {time.time() - started:.0f} s: {status}"
 
 
 def run_all(args) -> list[str]:
@@ -99,10 +100,10 @@ def run_all(args) -> list[str]:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(todo), desc="Runs", unit="run") as bar:
         futures = [pool.submit(run_one, args, *job, threads) for job in todo]
         for future in as_completed(futures):
-            message = future.result()
+            succeeded, message = future.result()
             bar.write(f"[done] {message}")
             bar.update()
-            if "FAILED" in message:
+            if not succeeded:
                 failures.append(message)
     return failures
 

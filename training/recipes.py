@@ -66,9 +66,6 @@ _CNN_SEED = dict(
     config_overrides="",
 )
 
-# Per data set departures from the `default` recipe, found on the validation split (see README, "Results").
-DATASET_DEFAULTS: dict[tuple[str, str], dict] = {}
-
 RECIPES = {
     "default": {"cnn": _CNN_DEFAULT, "vit": _VIT_DEFAULT, "vit_lsa": _VIT_DEFAULT},
     "seed": {"cnn": _CNN_SEED, "vit": _VIT_SEED, "vit_lsa": _VIT_SEED},
@@ -84,8 +81,8 @@ def native_geometry(model: str, image_size: int) -> str:
     return f"image_size={image_size},patch_size={patch_size}"
 
 
-def recipe_defaults(recipe: str, model: str, dataset: str | None = None, image_size: int = 28) -> dict:
-    """The recipe's value for every training argument it sets, for this model, data set and file resolution.
+def recipe_defaults(recipe: str, model: str, image_size: int = 28) -> dict:
+    """The recipe's value for every training argument it sets, for this model and file resolution.
 
     `config_overrides` is a "k=v,..." string of model config fields (the user's own overrides are applied after it).
     """
@@ -95,5 +92,4 @@ def recipe_defaults(recipe: str, model: str, dataset: str | None = None, image_s
     if recipe == "default":
         defaults["config_overrides"] = ",".join(
             part for part in (native_geometry(model, image_size), defaults["config_overrides"]) if part)
-        defaults.update(DATASET_DEFAULTS.get((dataset, model), {}))
     return defaults
