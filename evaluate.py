@@ -45,21 +45,19 @@ from accelerate.logging import get_logger
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoModelForImageClassification
 
 import data
 import metrics
 from data.medmnist_files import check_flag_and_size
 from metrics import plots
+from models.checkpoint_fit import (CheckpointError, check_checkpoint_fits, load_checkpoint_description,
+                                   processor_geometry)
 
 logger = get_logger(__name__)
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"val": "validation"}  # medmnist's own name for the validation split
-
-
-class CheckpointError(ValueError):
-    """The checkpoint cannot be loaded, or does not fit the data set; the message says why."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,16 +115,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_checkpoint_description(name_or_path: str, revision: str | None):
-    """(config, image processor) of a checkpoint: everything the fit check needs, without loading the weights."""
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=True)
-        processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision)
-    except (OSError, ValueError) as error:  # not found, offline without a cached copy, no processor saved, ...
-        raise CheckpointError(f"Cannot load the checkpoint {name_or_path!r}: {error}") from error
-    return config, processor
-
-
 def hub_commit(name_or_path: str, revision: str | None) -> str | None:
     """The Hub commit a checkpoint id resolved to (read from the local cache, so it works offline); None if local."""
     if Path(name_or_path).is_dir():
@@ -136,56 +124,6 @@ def hub_commit(name_or_path: str, revision: str | None) -> str | None:
     except Exception:  # noqa: BLE001 - provenance only; the model itself loaded fine
         return None
     return config_path.parent.name if config_path.parent.parent.name == "snapshots" else None
-
-
-def processor_geometry(processor) -> tuple[int | None, int | None, list[float], list[float]]:
-    """(height, width, mean, std) the image processor produces; height/width None if it does not resize."""
-    size = processor.size if getattr(processor, "do_resize", True) else {}
-    mean, std = processor.image_mean, processor.image_std
-    as_list = (lambda v: [float(v)] if isinstance(v, (int, float)) else [float(x) for x in v])
-    return size.get("height"), size.get("width"), as_list(mean), as_list(std)
-
-
-def _is_default_label_name(index: int, name: str) -> bool:
-    return name == f"LABEL_{index}"  # what transformers fills in when no names were given
-
-
-def check_checkpoint_fits(config, processor, info: data.MedMNISTInfo, name: str = "The checkpoint") -> None:
-    """Raise `CheckpointError` listing every way the checkpoint does not fit the data set `info` describes."""
-    problems = []
-    channels = getattr(config, "num_channels", None)
-    if channels != info.num_channels:
-        problems.append(f"it takes {channels}-channel images; {info.flag} images have {info.num_channels} channel(s)")
-    if config.num_labels != info.num_labels:
-        problems.append(f"it predicts {config.num_labels} labels; {info.flag} has {info.num_labels} "
-                        f"({', '.join(info.label_names)})")
-    else:
-        names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
-        if not all(_is_default_label_name(i, n) for i, n in enumerate(names)) and names != info.label_names:
-            problems.append(f"its labels are {names}; {info.flag}'s are {info.label_names}")
-    expected_problem_type = info.problem_type
-    if config.problem_type not in (None, expected_problem_type):
-        problems.append(f"it was trained for {config.problem_type}; {info.flag} ({info.task}) needs "
-                        f"{expected_problem_type}")
-    input_size = getattr(config, "image_size", None)
-    height, width, mean, std = processor_geometry(processor)
-    if height is None or width is None:
-        if input_size is not None and input_size != info.size:
-            problems.append(f"its image processor does not resize and the model takes {input_size} px inputs; "
-                            f"the {info.flag} file has {info.size} px images (pass --image_size {input_size})")
-    elif input_size is not None and (height, width) != (input_size, input_size):
-        problems.append(f"its image processor resizes to {height}×{width} px but the model takes {input_size}×"
-                        f"{input_size} px inputs (an inconsistent checkpoint)")
-    if not len(mean) == len(std) == info.num_channels:
-        problems.append(f"its image processor normalises {len(mean)} channel(s); {info.flag} images have "
-                        f"{info.num_channels}")
-    if problems:
-        raise CheckpointError(
-            f"{name} does not fit {info.flag} ({info.size} px, {info.task}, {info.num_channels} channel(s), "
-            f"{info.num_labels} labels):\n  - " + "\n  - ".join(problems)
-            + f"\nEvaluate it on the data set it was trained on, or train a model for {info.flag} "
-            f"(train.py --dataset {info.flag})."
-        )
 
 
 def write_outputs(output_dir: Path, record: dict, scores: np.ndarray, labels: np.ndarray, info) -> None:

@@ -35,6 +35,7 @@ import data
 import metrics
 import models
 from metrics.plots import confusion_matrix_figure
+from training.distillation import DISTILLATION_TYPES, Teacher, distillation_loss
 from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
 from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPusher, model_card, redact_argv
@@ -103,6 +104,13 @@ def parse_args(argv=None):
     add("--mixup_alpha", type=float, default=None, help="Override the preset's mixup alpha (0 = off).")
     add("--cutmix_alpha", type=float, default=None, help="Override the preset's cutmix alpha (0 = off).")
     add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")
+    add("--teacher_model_name_or_path", default=None,
+        help="Distil from this trained model (a runs/<run>/best folder or Hub id, trained on the same data set): "
+             "the loss becomes (1 - alpha) * task loss + alpha * distillation loss (training/distillation.py).")
+    add("--distillation_type", choices=DISTILLATION_TYPES, default="hard",
+        help="hard: cross-entropy on the teacher's predicted class (DeiT); soft: KL on softmax(logits / T).")
+    add("--distillation_alpha", type=float, default=0.5, help="Weight of the distillation loss, in [0, 1].")
+    add("--distillation_temperature", type=float, default=1.0, help="T of soft distillation.")
     add("--selection_metric", choices=SELECTION_METRICS, default="auc",
         help="Validation metric that picks `best` ('last' keeps the final epoch, as the seed reported).")
     add("--skip_test", action="store_true",
@@ -125,6 +133,9 @@ def parse_args(argv=None):
             args.config_overrides = recipe_overrides
         elif getattr(args, key) is None:
             setattr(args, key, value)
+    if not 0.0 <= args.distillation_alpha <= 1.0 or args.distillation_temperature <= 0:
+        parser.error(f"--distillation_alpha must lie in [0, 1] (got {args.distillation_alpha}) and "
+                     f"--distillation_temperature must be positive (got {args.distillation_temperature}).")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id namespace/name.")
     if args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
@@ -253,6 +264,7 @@ def main(argv=None):
                     f"another configuration than this run's {args.model!r} on {args.dataset}; resume with the same "
                     "--model, --dataset and --config_overrides, or start a new --output_dir."
                 )
+        teacher = Teacher(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
     except ValueError as error:
         accelerator.print(f"train.py: error: {error}")
         sys.exit(2)
@@ -274,6 +286,8 @@ def main(argv=None):
     eval_transform = data.BatchTransform(data.AugmentationConfig.preset("none"), image_size, mean, std)
     eval_transform = eval_transform.to(accelerator.device)
     processor = models.build_image_processor(image_size, mean, std)
+    if teacher is not None:
+        teacher.adapt_inputs(mean, std, accelerator.device)
 
     train_loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed)
     # Evaluation loaders are prepared once (not per epoch): prepared loaders are part of every saved state.
@@ -359,6 +373,7 @@ def main(argv=None):
         best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
         return {
             "model_name": args.model, "selection_metric": args.selection_metric, "best_epoch": state["best_epoch"],
+            "teacher": args.teacher_model_name_or_path,
             "validation_metrics": best["metrics"] if best else None, "test_metrics": test_metrics,
             "dataset": {**dataclasses.asdict(info), "license_id": "cc-by-4.0"}, "command": command, "hardware": hardware,
             "wall_clock_seconds": time.time() - started,
@@ -379,6 +394,12 @@ def main(argv=None):
                     pixel_values, targets = data.mix_batch(pixel_values, labels, info.num_labels, augmentation)
                 logits = model(pixel_values=pixel_values).logits
                 loss = training_loss(logits, targets, info.is_multilabel, args.label_smoothing)
+                if teacher is not None:
+                    with accelerator.autocast():
+                        teacher_logits = teacher(pixel_values)
+                    loss = (1 - args.distillation_alpha) * loss + args.distillation_alpha * distillation_loss(
+                        logits, teacher_logits, args.distillation_type, args.distillation_temperature,
+                        info.is_multilabel)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -4,6 +4,10 @@
     python benchmarks/run_results.py --data_dir ../shared/data/medmnist \
         --datasets breastmnist bloodmnist --models cnn vit vit_lsa --seeds 0 1 2
 
+A model name with the suffix `+distilled` (e.g. `vit_lsa+distilled`) trains that model distilled from the sweep's own
+CNN of the same data set and seed (`--teacher_model_name_or_path <runs_dir>/<dataset>-cnn-seed<k>/best`, extra
+settings in `--distillation_args`); those runs start after every plain run has finished.
+
 Each run goes to `<runs_dir>/<dataset>-<model>-seed<k>` and is skipped when its `all_results.json` already exists,
 so an interrupted sweep continues where it stopped. Afterwards (or with `--collect_only`) it writes
 `results/results.json` (every run's test and validation metrics), `results/RESULTS.md` (mean ± std over seeds with a
@@ -36,6 +40,7 @@ PUBLISHED = {
     "breastmnist": {"ResNet-18 (28)": (0.863, 0.901), "Google AutoML Vision": (0.861, 0.919)},
     "bloodmnist": {"ResNet-18 (28)": (0.958, 0.998), "Google AutoML Vision": (0.966, 0.998)},
 }
+DISTILLED = "+distilled"
 # Two-sided 97.5% quantiles of Student's t for n - 1 degrees of freedom (n = 2..10 seeds).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -52,19 +57,31 @@ def parse_args(argv=None):
                         help="How to start train.py (the accelerate launch prefix; add --mixed_precision bf16 on a "
                              "GPU or an AMX CPU).")
     parser.add_argument("--train_args", default="", help="Extra train.py arguments for every run, e.g. '--recipe seed'.")
+    parser.add_argument("--distillation_args", default="",
+                        help="Extra train.py arguments for the +distilled runs only, e.g. '--distillation_type soft'.")
     parser.add_argument("--jobs", type=int, default=1,
                         help="Runs at a time; each gets cpu_count // jobs threads (OMP_NUM_THREADS). On a GPU keep 1.")
     parser.add_argument("--collect_only", action="store_true", help="Only aggregate the runs already in runs_dir.")
     return parser.parse_args(argv)
 
 
+def base_model(model: str) -> str:
+    """`vit_lsa+distilled` -> `vit_lsa`: the train.py model family behind a sweep's model name."""
+    return model.removesuffix(DISTILLED)
+
+
 def run_name(dataset: str, model: str, seed: int) -> str:
-    return f"{dataset}-{model}-seed{seed}"
+    return f"{dataset}-{model.replace(DISTILLED, '-distilled')}-seed{seed}"
 
 
 def train_command(args, dataset: str, model: str, seed: int, output_dir: Path) -> list[str]:
-    return [*shlex.split(args.launch), str(ROOT / "train.py"), "--model", model, "--dataset", dataset, "--data_dir",
-            args.data_dir, "--seed", str(seed), "--output_dir", str(output_dir), *shlex.split(args.train_args)]
+    command = [*shlex.split(args.launch), str(ROOT / "train.py"), "--model", base_model(model), "--dataset", dataset,
+               "--data_dir", args.data_dir, "--seed", str(seed), "--output_dir", str(output_dir),
+               *shlex.split(args.train_args)]
+    if model.endswith(DISTILLED):
+        teacher = Path(args.runs_dir) / run_name(dataset, "cnn", seed) / "best"
+        command += ["--teacher_model_name_or_path", str(teacher), *shlex.split(args.distillation_args)]
+    return command
 
 
 def run_one(args, dataset: str, model: str, seed: int, threads: int | None) -> tuple[bool, str]:
@@ -97,14 +114,18 @@ def run_all(args) -> list[str]:
                     todo.append((dataset, model, seed))
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     failures = []
+    # Distilled runs need their teachers, the plain CNN runs: they go in a second phase.
+    phases = [[job for job in todo if not job[1].endswith(DISTILLED)],
+              [job for job in todo if job[1].endswith(DISTILLED)]]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(todo), desc="Runs", unit="run") as bar:
-        futures = [pool.submit(run_one, args, *job, threads) for job in todo]
-        for future in as_completed(futures):
-            succeeded, message = future.result()
-            bar.write(f"[done] {message}")
-            bar.update()
-            if not succeeded:
-                failures.append(message)
+        for phase in phases:
+            futures = [pool.submit(run_one, args, *job, threads) for job in phase]
+            for future in as_completed(futures):
+                succeeded, message = future.result()
+                bar.write(f"[done] {message}")
+                bar.update()
+                if not succeeded:
+                    failures.append(message)
     return failures
 
 
@@ -172,7 +193,7 @@ def results_markdown(results: dict, args) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["rows"]:
-        seed_acc = SEED_TABLE.get((row["dataset"], row["model"]))
+        seed_acc = SEED_TABLE.get((row["dataset"], base_model(row["model"])))
         lines.append(
             f"| {row['dataset']} | {row['model']} | {len(row['seeds'])} | {fmt(row['test_acc'])} | "
             f"{fmt(row['test_auc'])} | {seed_acc if seed_acc is not None else '–'} | "
@@ -206,12 +227,12 @@ def results_chart(results: dict, path: Path) -> None:
         for offset, key, label in ((-0.2, "test_acc", "test ACC"), (0.2, "test_auc", "test AUC")):
             axis.bar([j + offset for j in x], [r[key]["mean"] for r in rows], width=0.4,
                      yerr=[r[key]["std"] for r in rows], capsize=3, label=label)
-        seed = [SEED_TABLE.get((dataset, r["model"])) for r in rows]
+        seed = [SEED_TABLE.get((dataset, base_model(r["model"]))) for r in rows]
         axis.scatter([j - 0.2 for j, s in zip(x, seed) if s], [s for s in seed if s], color="black", marker="x",
                      zorder=3, label="seed notebooks' ACC")
         for (name, (acc, _)), style in zip(PUBLISHED.get(dataset, {}).items(), ("--", ":", "-.")):
             axis.axhline(acc, linestyle=style, linewidth=0.9, color="gray", label=f"{name}: ACC {acc:.3f}")
-        axis.set_xticks(list(x), [r["model"] for r in rows])
+        axis.set_xticks(list(x), [r["model"].replace(DISTILLED, "\n+distilled") for r in rows])
         axis.set_ylim(0.5, 1.0)
         axis.set_title(dataset)
         axis.legend(fontsize=7, loc="lower left")

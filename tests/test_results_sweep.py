@@ -22,9 +22,9 @@ LAUNCH = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --nu
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     write_synthetic_npz(root / "data", "breastmnist", n_train=64, n_val=32, n_test=40, seed=0)
-    argv = ["--datasets", "breastmnist", "--models", "cnn", "--seeds", "0", "1", "--data_dir", str(root / "data"),
+    argv = ["--datasets", "breastmnist", "--models", "cnn", "vit_lsa+distilled", "--seeds", "0", "1", "--data_dir", str(root / "data"),
             "--runs_dir", str(root / "runs"), "--results_dir", str(root / "results"), "--jobs", "2",
-            "--launch", LAUNCH, "--train_args", TRAIN_ARGS]
+            "--launch", LAUNCH, "--train_args", TRAIN_ARGS, "--distillation_args", "--distillation_type soft"]
     with pytest.MonkeyPatch.context() as patch:
         for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             patch.setenv(key, "1")
@@ -36,7 +36,7 @@ def sweep(tmp_path_factory):
 def test_sweep_writes_table_json_and_chart_from_the_runs(sweep):
     root, _ = sweep
     results = json.loads((root / "results" / "results.json").read_text())
-    (row,) = results["rows"]
+    row, distilled_row = results["rows"]
     assert (row["dataset"], row["model"], row["seeds"]) == ("breastmnist", "cnn", [0, 1])
     runs = [json.loads((root / "runs" / f"breastmnist-cnn-seed{s}" / "all_results.json").read_text()) for s in (0, 1)]
     accs = [r["test_metrics"]["acc"] for r in runs]
@@ -48,6 +48,15 @@ def test_sweep_writes_table_json_and_chart_from_the_runs(sweep):
     assert f"| breastmnist | cnn | 2 | {row['test_acc']['mean']:.4f}" in table
     assert "0.76" in table  # the seed notebooks' BreastMNIST CNN accuracy beside ours
     assert (root / "results" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Each distilled run learned from the CNN of its own seed, after that CNN had finished.
+    assert (distilled_row["model"], distilled_row["seeds"]) == ("vit_lsa+distilled", [0, 1])
+    for seed in (0, 1):
+        run = json.loads((root / "runs" / f"breastmnist-vit_lsa-distilled-seed{seed}" / "all_results.json").read_text())
+        teacher = root / "runs" / f"breastmnist-cnn-seed{seed}" / "best"
+        assert run["teacher"] == str(teacher) and run["config"]["distillation_type"] == "soft"
+        assert run["model_name"] == "vit_lsa"
+    assert f"| breastmnist | vit_lsa+distilled | 2 | {distilled_row['test_acc']['mean']:.4f}" in table
+    assert "| 0.8397 |" in table  # compared with the seed notebooks' ViT + SPT + LSA
 
 
 def test_sweep_skips_finished_runs(sweep, capsys):
@@ -73,5 +82,5 @@ def test_collect_ignores_search_runs_without_test_metrics(sweep, capsys):
     (root / "runs" / "breastmnist-cnn-seed5" / "all_results.json").write_text(json.dumps(search))
     run_results.main([*argv, "--seeds", "0", "1", "5", "--collect_only"])
     assert "[ignored] breastmnist-cnn-seed5" in capsys.readouterr().out
-    (row,) = json.loads((root / "results" / "results.json").read_text())["rows"]
-    assert row["seeds"] == [0, 1]
+    row = json.loads((root / "results" / "results.json").read_text())["rows"][0]
+    assert (row["model"], row["seeds"]) == ("cnn", [0, 1])

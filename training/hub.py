@@ -41,6 +41,13 @@ def _format_metric(metrics: dict | None, name: str) -> str:
     return text
 
 
+def _distillation_note(teacher: str | None) -> str:
+    if not teacher:
+        return ""
+    return (f"\nDistilled from the teacher `{teacher}`, itself trained from scratch on the same training split "
+            "(`--teacher_model_name_or_path`).\n")
+
+
 def model_card(summary: dict) -> str:
     """A model card (README.md) from a run summary: metrics table, data set, licence, the command that made it."""
     data = summary["dataset"]
@@ -67,7 +74,7 @@ Trained from scratch on MedMNIST's `{data["flag"]}` ({data.get("task", "")}, {le
 {", ".join(data.get("label_names", []))}). Model chosen on the validation split by `{summary["selection_metric"]}`
 at epoch {summary.get("best_epoch")}; {"the test split was evaluated once, on that model" if test else
 "the test split was not evaluated (`--skip_test`)"}.
-
+{_distillation_note(summary.get("teacher"))}
 | split | ACC [95% CI] | AUC [95% CI] |
 | --- | --- | --- |
 {rows}

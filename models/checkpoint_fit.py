@@ -1,0 +1,70 @@
+"""Whether a trained checkpoint fits a MedMNIST data set: its channels, labels, task and input geometry.
+
+Shared by `evaluate.py` (the model under evaluation) and `train.py` (a distillation teacher).
+"""
+
+from transformers import AutoConfig, AutoImageProcessor
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be loaded, or does not fit the data set; the message says why."""
+
+
+def load_checkpoint_description(name_or_path: str, revision: str | None):
+    """(config, image processor) of a checkpoint: everything the fit check needs, without loading the weights."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision)
+    except (OSError, ValueError) as error:  # not found, offline without a cached copy, no processor saved, ...
+        raise CheckpointError(f"Cannot load the checkpoint {name_or_path!r}: {error}") from error
+    return config, processor
+
+
+def processor_geometry(processor) -> tuple[int | None, int | None, list[float], list[float]]:
+    """(height, width, mean, std) the image processor produces; height/width None if it does not resize."""
+    size = processor.size if getattr(processor, "do_resize", True) else {}
+    mean, std = processor.image_mean, processor.image_std
+    as_list = (lambda v: [float(v)] if isinstance(v, (int, float)) else [float(x) for x in v])
+    return size.get("height"), size.get("width"), as_list(mean), as_list(std)
+
+
+def _is_default_label_name(index: int, name: str) -> bool:
+    return name == f"LABEL_{index}"  # what transformers fills in when no names were given
+
+
+def check_checkpoint_fits(config, processor, info, name: str = "The checkpoint") -> None:
+    """Raise `CheckpointError` listing every way the checkpoint does not fit the data set `info` describes."""
+    problems = []
+    channels = getattr(config, "num_channels", None)
+    if channels != info.num_channels:
+        problems.append(f"it takes {channels}-channel images; {info.flag} images have {info.num_channels} channel(s)")
+    if config.num_labels != info.num_labels:
+        problems.append(f"it predicts {config.num_labels} labels; {info.flag} has {info.num_labels} "
+                        f"({', '.join(info.label_names)})")
+    else:
+        names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+        if not all(_is_default_label_name(i, n) for i, n in enumerate(names)) and names != info.label_names:
+            problems.append(f"its labels are {names}; {info.flag}'s are {info.label_names}")
+    expected_problem_type = info.problem_type
+    if config.problem_type not in (None, expected_problem_type):
+        problems.append(f"it was trained for {config.problem_type}; {info.flag} ({info.task}) needs "
+                        f"{expected_problem_type}")
+    input_size = getattr(config, "image_size", None)
+    height, width, mean, std = processor_geometry(processor)
+    if height is None or width is None:
+        if input_size is not None and input_size != info.size:
+            problems.append(f"its image processor does not resize and the model takes {input_size} px inputs; "
+                            f"the {info.flag} file has {info.size} px images (pass --image_size {input_size})")
+    elif input_size is not None and (height, width) != (input_size, input_size):
+        problems.append(f"its image processor resizes to {height}×{width} px but the model takes {input_size}×"
+                        f"{input_size} px inputs (an inconsistent checkpoint)")
+    if not len(mean) == len(std) == info.num_channels:
+        problems.append(f"its image processor normalises {len(mean)} channel(s); {info.flag} images have "
+                        f"{info.num_channels}")
+    if problems:
+        raise CheckpointError(
+            f"{name} does not fit {info.flag} ({info.size} px, {info.task}, {info.num_channels} channel(s), "
+            f"{info.num_labels} labels):\n  - " + "\n  - ".join(problems)
+            + f"\nEvaluate it on the data set it was trained on, or train a model for {info.flag} "
+            f"(train.py --dataset {info.flag})."
+        )

@@ -1,0 +1,114 @@
+"""Distillation from a trained teacher (training/distillation.py, train.py --teacher_model_name_or_path)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from synthetic import write_synthetic_npz
+
+import data
+import models
+from training.distillation import Teacher, distillation_loss
+from training.hub import model_card
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VIT = ("image_size=28,patch_size=7,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,attention_head_dim=8,"
+            "intermediate_size=32,head_hidden_sizes=[],pooling=mean")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("medmnist")
+    write_synthetic_npz(directory, "breastmnist", n_train=48, n_val=24, n_test=24, seed=0)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def info(data_dir):
+    return data.medmnist_info(data.load_medmnist("breastmnist", data_dir=data_dir, verify_checksum=False))
+
+
+def save_teacher(folder: Path, num_labels: int, label_names, mean=(0.3,), std=(0.2,), seed=0) -> Path:
+    """An (untrained) CNN saved as a training run's `best/` folder: model, config and image processor."""
+    torch.manual_seed(seed)
+    model = models.build_model("cnn", 1, num_labels, label_names=label_names, image_size=28)
+    model.save_pretrained(folder)
+    models.build_image_processor(28, mean, std).save_pretrained(folder)
+    return folder
+
+
+def test_teacher_sees_the_batch_normalised_with_its_own_statistics(tmp_path, info):
+    teacher = Teacher(str(save_teacher(tmp_path / "teacher", 2, info.label_names)), info)
+    teacher.adapt_inputs([0.5], [0.25], torch.device("cpu"))
+    images = torch.rand(6, 1, 28, 28)
+    student_inputs = (images - 0.5) / 0.25
+    expected = teacher.model(pixel_values=(images - 0.3) / 0.2).logits
+    torch.testing.assert_close(teacher(student_inputs), expected, rtol=1e-4, atol=1e-5)
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+
+
+def test_hard_distillation_is_cross_entropy_on_the_teachers_class():
+    student, teacher = torch.randn(8, 3), torch.randn(8, 3)
+    assert distillation_loss(student, teacher, "hard", 1.0, False) == pytest.approx(
+        F.cross_entropy(student, teacher.argmax(-1)).item())
+    multilabel = distillation_loss(student, teacher, "hard", 1.0, True)
+    assert multilabel == pytest.approx(F.binary_cross_entropy_with_logits(student, (teacher > 0).float()).item())
+
+
+def test_soft_distillation_vanishes_only_when_the_student_matches_the_teacher():
+    teacher = torch.randn(8, 3)
+    same = teacher.clone().requires_grad_()
+    loss = distillation_loss(same, teacher, "soft", 2.0, False)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert same.grad.abs().max() < 1e-6
+    other = torch.randn(8, 3)
+    # T² · KL(softmax(t / T) ‖ softmax(s / T)), written out.
+    p = F.softmax(teacher / 2, dim=-1)
+    expected = 4 * (p * (p.log() - F.log_softmax(other / 2, dim=-1))).sum(-1).mean()
+    assert distillation_loss(other, teacher, "soft", 2.0, False).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_teacher_for_another_data_set_is_refused_before_anything_is_written(tmp_path, data_dir, capsys):
+    import train
+
+    teacher = save_teacher(tmp_path / "blood_teacher", 8, [f"cell {i}" for i in range(8)])
+    output_dir = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--model", "vit", "--dataset", "breastmnist", "--data_dir", str(data_dir), "--no_verify_checksum",
+                    "--output_dir", str(output_dir), "--teacher_model_name_or_path", str(teacher)])
+    output = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "The teacher" in output.out + output.err and "predicts 8 labels" in output.out + output.err
+    assert not output_dir.exists()
+
+
+def train_tiny_vit(data_dir, output_dir, *extra):
+    command = [sys.executable, "train.py", "--model", "vit_lsa", "--dataset", "breastmnist", "--data_dir",
+               str(data_dir), "--no_verify_checksum", "--output_dir", str(output_dir), "--num_epochs", "2",
+               "--per_device_train_batch_size", "16", "--report_to", "none", "--config_overrides", TINY_VIT,
+               "--skip_test", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return load_file(output_dir / "last" / "model.safetensors"), json.loads((output_dir / "all_results.json").read_text())
+
+
+def test_the_teachers_predictions_enter_the_loss_with_weight_alpha(tmp_path, data_dir, info):
+    teacher = str(save_teacher(tmp_path / "teacher", 2, info.label_names, seed=1))
+    plain, _ = train_tiny_vit(data_dir, tmp_path / "plain")
+    alpha0, _ = train_tiny_vit(data_dir, tmp_path / "alpha0", "--teacher_model_name_or_path", teacher,
+                               "--distillation_alpha", "0")
+    distilled, results = train_tiny_vit(data_dir, tmp_path / "distilled", "--teacher_model_name_or_path", teacher,
+                                        "--distillation_alpha", "1", "--distillation_type", "soft")
+    # alpha 0: the teacher runs but the weights are exactly those of a run without it (same seed, same batches).
+    assert all(torch.equal(plain[k], alpha0[k]) for k in plain)
+    assert any(not torch.equal(plain[k], distilled[k]) for k in plain)
+    assert results["teacher"] == teacher and results["config"]["distillation_alpha"] == 1.0
+    assert f"Distilled from the teacher `{teacher}`" in model_card(results)

@@ -1,0 +1,70 @@
+"""Knowledge distillation from a trained teacher (Hinton et al. 2015; DeiT, Touvron et al. 2021).
+
+The student learns from the labels and from a frozen teacher's predictions on the same augmented batch:
+
+    loss = (1 − α) · task_loss(student, labels) + α · distillation_loss(student, teacher)
+
+`hard`: cross-entropy against the teacher's predicted class (DeiT's choice: it beat soft targets there).
+`soft`: KL divergence between the softened distributions, softmax(z / T), scaled by T² so that gradients keep
+their size as T changes. A convolutional teacher hands its locality prior to a ViT student through its
+predictions, which is what a ViT trained on a few hundred images lacks.
+"""
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForImageClassification
+
+from models.checkpoint_fit import check_checkpoint_fits, load_checkpoint_description, processor_geometry
+
+DISTILLATION_TYPES = ("hard", "soft")
+
+
+class Teacher:
+    """A trained model, frozen, that sees the student's augmented batch in its own input geometry.
+
+    Args:
+        name_or_path: a `save_pretrained` folder (e.g. `runs/<run>/best`) or a Hub id.
+        info: the `MedMNISTInfo` of the data set; the teacher must fit it (channels, labels, task), else
+            `CheckpointError` says how it does not.
+    """
+
+    def __init__(self, name_or_path: str, info):
+        config, processor = load_checkpoint_description(name_or_path, None)
+        check_checkpoint_fits(config, processor, info, name=f"The teacher {name_or_path!r}")
+        self.model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=True)
+        self.model.eval().requires_grad_(False)
+        height, _, self.mean, self.std = processor_geometry(processor)
+        self.image_size = height or info.size
+        self.scale = self.shift = None
+
+    def adapt_inputs(self, student_mean, student_std, device: torch.device) -> "Teacher":
+        """Inputs normalised as (x − student_mean) / student_std are re-normalised with the teacher's statistics."""
+        view = lambda values: torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
+        self.scale = view(student_std) / view(self.std)
+        self.shift = (view(student_mean) - view(self.mean)) / view(self.std)
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Teacher logits (float32) for a batch of student inputs."""
+        inputs = pixel_values.float() * self.scale + self.shift
+        if inputs.shape[-1] != self.image_size:
+            inputs = F.interpolate(inputs, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return self.model(pixel_values=inputs).logits.float()
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float,
+                      multilabel: bool) -> torch.Tensor:
+    """The student's loss against the teacher's predictions (`kind` hard or soft, as the module docstring says)."""
+    student_logits = student_logits.float()
+    if kind == "hard":
+        if multilabel:
+            return F.binary_cross_entropy_with_logits(student_logits, (teacher_logits > 0).float())
+        return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
+    t = temperature
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(student_logits / t, torch.sigmoid(teacher_logits / t)) * t * t
+    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                    reduction="batchmean", log_target=True) * t * t
