@@ -53,7 +53,9 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "medmnist"))
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "results"))
     parser.add_argument("--results_dir", default=str(ROOT / "results"))
-    parser.add_argument("--launch", default="accelerate launch --num_processes 1",
+    # accelerate's launcher through this interpreter: works in a venv that is not activated (no `accelerate` on PATH).
+    parser.add_argument("--launch",
+                        default=f"{shlex.quote(sys.executable)} -m accelerate.commands.launch --num_processes 1",
                         help="How to start train.py (the accelerate launch prefix; add --mixed_precision bf16 on a "
                              "GPU or an AMX CPU).")
     parser.add_argument("--train_args", default="", help="Extra train.py arguments for every run, e.g. '--recipe seed'.")
@@ -97,7 +99,10 @@ def run_one(args, dataset: str, model: str, seed: int, threads: int | None) -> t
     with open(log, "w") as handle:
         handle.write(f"$ {shlex.join(command)}\n")
         handle.flush()
-        result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        try:
+            result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        except FileNotFoundError as error:  # a --launch program that is not installed
+            return False, f"{output_dir.name}: FAILED, cannot start {command[0]!r} ({error.strerror}); fix --launch"
     status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode}), see {log}"
     return result.returncode == 0, f"{output_dir.name} in {time.time() - started:.0f} s: {status}"
 

@@ -97,7 +97,8 @@ def train_tiny_vit(data_dir, output_dir, *extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    return load_file(output_dir / "last" / "model.safetensors"), json.loads((output_dir / "all_results.json").read_text())
+    results = json.loads((output_dir / "all_results.json").read_text())
+    return load_file(output_dir / "last" / "model.safetensors"), results
 
 
 def test_the_teachers_predictions_enter_the_loss_with_weight_alpha(tmp_path, data_dir, info):

@@ -22,7 +22,8 @@ LAUNCH = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --nu
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     write_synthetic_npz(root / "data", "breastmnist", n_train=64, n_val=32, n_test=40, seed=0)
-    argv = ["--datasets", "breastmnist", "--models", "cnn", "vit_lsa+distilled", "--seeds", "0", "1", "--data_dir", str(root / "data"),
+    argv = ["--datasets", "breastmnist", "--models", "cnn", "vit_lsa+distilled", "--seeds", "0", "1",
+            "--data_dir", str(root / "data"),
             "--runs_dir", str(root / "runs"), "--results_dir", str(root / "results"), "--jobs", "2",
             "--launch", LAUNCH, "--train_args", TRAIN_ARGS, "--distillation_args", "--distillation_type soft"]
     with pytest.MonkeyPatch.context() as patch:
@@ -72,6 +73,12 @@ def test_a_failed_run_makes_the_sweep_fail_with_its_log(sweep):
     argv = [*argv, "--seeds", "7", "--train_args", TRAIN_ARGS + " --learning_rate -1"]
     with pytest.raises(SystemExit, match="breastmnist-cnn-seed7.*FAILED"):
         run_results.main(argv)
+
+
+def test_a_launcher_that_is_not_installed_fails_the_sweep_with_a_message(sweep):
+    root, argv = sweep
+    with pytest.raises(SystemExit, match="breastmnist-cnn-seed8: FAILED, cannot start 'no-such-launcher'"):
+        run_results.main([*argv, "--seeds", "8", "--launch", "no-such-launcher launch"])
 
 
 def test_collect_ignores_search_runs_without_test_metrics(sweep, capsys):
