@@ -5,6 +5,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from hub_server import LocalHubServer
+from synthetic import write_synthetic_npz
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A folder with a small synthetic `breastmnist.npz` in the official layout."""
+    directory = tmp_path_factory.mktemp("medmnist")
+    write_synthetic_npz(directory, "breastmnist", n_train=96, n_val=40, n_test=44, seed=0)
+    return directory
 
 
 @pytest.fixture

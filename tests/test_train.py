@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic import write_synthetic_npz
 
 import models
 
@@ -20,13 +19,6 @@ SECRET = "hf_secretTOKEN0123456789"
 TINY_VIT = ("image_size=28,patch_size=7,hidden_size=16,num_hidden_layers=1,num_attention_heads=2,attention_head_dim=8,"
             "intermediate_size=32,head_hidden_sizes=[32],hidden_dropout_prob=0,attention_probs_dropout_prob=0,"
             "head_dropout_prob=0,drop_path_rate=0")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("medmnist")
-    write_synthetic_npz(directory, "breastmnist", n_train=96, n_val=40, n_test=44, seed=0)
-    return directory
 
 
 def free_port() -> int:
