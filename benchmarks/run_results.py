@@ -166,11 +166,13 @@ def collect(args) -> dict:
                     "validation_acc": result["validation_metrics"]["acc"],
                     "validation_auc": result["validation_metrics"]["auc"], "best_epoch": result["best_epoch"],
                     "wall_clock_seconds": result["wall_clock_seconds"], "command": result["command"],
+                    "num_epochs": result["config"]["num_epochs"],
                     "hardware": result["hardware"]["description"],
                 })
             for key in ("test_acc", "test_auc", "validation_acc", "validation_auc", "wall_clock_seconds"):
                 row[key] = mean_std_ci([r[key] for r in row["runs"]])
             row["hardware"] = sorted({r["hardware"] for r in row["runs"]})
+            row["num_epochs"] = sorted({r["num_epochs"] for r in row["runs"]})
             rows.append(row)
     return {"rows": rows, "seed_table": {f"{d}/{m}": v for (d, m), v in SEED_TABLE.items()}, "published": PUBLISHED}
 
@@ -193,9 +195,9 @@ def results_markdown(results: dict, args) -> str:
         shlex.join([sys.executable.split("/")[-1], "benchmarks/run_results.py", *sys.argv[1:]]),
         "```",
         "",
-        "| dataset | model | seeds | test ACC | test AUC | seed notebooks' ACC | beats it | val AUC | wall-clock / run "
-        "| hardware |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| dataset | model | seeds | test ACC | test AUC | seed notebooks' ACC | beats it | val AUC | epochs "
+        "| wall-clock / run | hardware |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["rows"]:
         seed_acc = SEED_TABLE.get((row["dataset"], base_model(row["model"])))
@@ -203,7 +205,8 @@ def results_markdown(results: dict, args) -> str:
             f"| {row['dataset']} | {row['model']} | {len(row['seeds'])} | {fmt(row['test_acc'])} | "
             f"{fmt(row['test_auc'])} | {seed_acc if seed_acc is not None else '–'} | "
             f"{'–' if seed_acc is None else ('yes' if row['test_acc']['mean'] > seed_acc else 'no')} | "
-            f"{row['validation_auc']['mean']:.4f} | {row['wall_clock_seconds']['mean'] / 60:.1f} min | "
+            f"{row['validation_auc']['mean']:.4f} | {', '.join(map(str, row['num_epochs']))} | "
+            f"{row['wall_clock_seconds']['mean'] / 60:.1f} min | "
             f"{'; '.join(row['hardware'])} |"
         )
     lines += ["", "Published references (MedMNIST v2, test ACC / AUC, 28×28):", ""]
@@ -237,7 +240,9 @@ def results_chart(results: dict, path: Path) -> None:
                      zorder=3, label="seed notebooks' ACC")
         for (name, (acc, _)), style in zip(PUBLISHED.get(dataset, {}).items(), ("--", ":", "-.")):
             axis.axhline(acc, linestyle=style, linewidth=0.9, color="gray", label=f"{name}: ACC {acc:.3f}")
-        axis.set_xticks(list(x), [r["model"].replace(DISTILLED, "\n+distilled") for r in rows])
+        labels = [f"{r['model'].replace(DISTILLED, ' +distilled')}\n{', '.join(map(str, r['num_epochs']))} epochs"
+                  for r in rows]
+        axis.set_xticks(list(x), labels)
         axis.set_ylim(0.5, 1.0)
         axis.set_title(dataset)
         axis.legend(fontsize=7, loc="lower left")

@@ -44,6 +44,7 @@ def test_sweep_writes_table_json_and_chart_from_the_runs(sweep):
     assert row["test_acc"]["mean"] == pytest.approx(statistics.fmean(accs))
     assert row["test_acc"]["std"] == pytest.approx(statistics.stdev(accs))
     assert [r["seed"] for r in row["runs"]] == [0, 1]
+    assert row["num_epochs"] == [1]  # TRAIN_ARGS' --num_epochs, read back from each run's config
     assert all(r["config"]["seed"] == s for r, s in zip(runs, (0, 1)))
     table = (root / "results" / "RESULTS.md").read_text()
     assert f"| breastmnist | cnn | 2 | {row['test_acc']['mean']:.4f}" in table
