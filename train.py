@@ -35,8 +35,8 @@ import data
 import metrics
 import models
 from metrics.plots import confusion_matrix_figure
-from training.distillation import DISTILLATION_TYPES, Teacher, distillation_loss
 from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
+from training.distillation import DISTILLATION_TYPES, Teacher, distillation_loss
 from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPusher, model_card, redact_argv
 from training.recipes import RECIPE_NAMES, recipe_defaults

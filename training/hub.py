@@ -44,8 +44,7 @@ def _format_metric(metrics: dict | None, name: str) -> str:
 def _distillation_note(teacher: str | None) -> str:
     if not teacher:
         return ""
-    return (f"\nDistilled from the teacher `{teacher}`, itself trained from scratch on the same training split "
-            "(`--teacher_model_name_or_path`).\n")
+    return f"\nDistilled from the teacher `{teacher}` (`--teacher_model_name_or_path`).\n"
 
 
 def model_card(summary: dict) -> str:
