@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -35,6 +36,7 @@ import data
 import metrics
 import models
 from metrics.plots import confusion_matrix_figure
+from training import sam
 from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
 from training.distillation import DISTILLATION_TYPES, Teacher, distillation_loss
 from training.hardware import cpu_has_fast_bf16, hardware_description
@@ -93,6 +95,11 @@ def parse_args(argv=None):
     add("--lr_scheduler", choices=[s.value for s in SchedulerType], default=None)
     add("--label_smoothing", type=float, default=None)
     add("--max_grad_norm", type=float, default=1.0, help="Gradient clipping; 0 turns it off.")
+    add("--sam_rho", type=float, default=None,
+        help="Sharpness-aware minimisation radius (training/sam.py; two forward/backward passes per update); 0 = off.")
+    add("--ema_decay", type=float, default=None,
+        help="Keep an exponential moving average of the weights with this decay per update, and validate, select "
+             "and save it instead of the raw weights; 0 = off.")
     add("--gradient_accumulation_steps", type=int, default=1)
     add("--seed", type=int, default=42, help="Random seed: fixes initialisation, data order and augmentation.")
     add("--config_overrides", default=None, help="Model config fields, e.g. 'image_size=28,patch_size=4'. Added to "
@@ -136,6 +143,10 @@ def parse_args(argv=None):
     if not 0.0 <= args.distillation_alpha <= 1.0 or args.distillation_temperature <= 0:
         parser.error(f"--distillation_alpha must lie in [0, 1] (got {args.distillation_alpha}) and "
                      f"--distillation_temperature must be positive (got {args.distillation_temperature}).")
+    if args.sam_rho < 0 or not 0.0 <= args.ema_decay < 1.0:
+        parser.error(f"--sam_rho must be >= 0 (got {args.sam_rho}) and --ema_decay in [0, 1) (got {args.ema_decay}).")
+    if args.sam_rho > 0 and args.gradient_accumulation_steps > 1:
+        parser.error("--sam_rho needs the gradient of each whole batch: use it with --gradient_accumulation_steps 1.")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id namespace/name.")
     if args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
@@ -307,6 +318,12 @@ def main(argv=None):
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The weights' moving average: what is validated, selected and saved when --ema_decay is set.
+    ema = None
+    if args.ema_decay > 0:
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay),
+                            use_buffers=True)
+        accelerator.register_for_checkpointing(ema)
 
     state = {
         "model": args.model, "dataset": args.dataset, "model_config": config_record(accelerator.unwrap_model(model)),
@@ -392,20 +409,34 @@ def main(argv=None):
                 targets = labels
                 if augmentation.mixes:
                     pixel_values, targets = data.mix_batch(pixel_values, labels, info.num_labels, augmentation)
-                logits = model(pixel_values=pixel_values).logits
-                loss = training_loss(logits, targets, info.is_multilabel, args.label_smoothing)
+                teacher_logits = None
                 if teacher is not None:
                     with accelerator.autocast():
                         teacher_logits = teacher(pixel_values)
-                    loss = (1 - args.distillation_alpha) * loss + args.distillation_alpha * distillation_loss(
-                        logits, teacher_logits, args.distillation_type, args.distillation_temperature,
-                        info.is_multilabel)
+
+                def batch_loss():
+                    logits = model(pixel_values=pixel_values).logits
+                    loss = training_loss(logits, targets, info.is_multilabel, args.label_smoothing)
+                    if teacher_logits is not None:
+                        loss = (1 - args.distillation_alpha) * loss + args.distillation_alpha * distillation_loss(
+                            logits, teacher_logits, args.distillation_type, args.distillation_temperature,
+                            info.is_multilabel)
+                    return loss
+
+                loss = batch_loss()
                 accelerator.backward(loss)
+                if args.sam_rho > 0:  # the gradient at the worst point within rho, applied at the weights
+                    perturbation = sam.ascend(model.parameters(), args.sam_rho)
+                    optimizer.zero_grad()
+                    accelerator.backward(batch_loss())
+                    sam.descend(perturbation)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+                if ema is not None and accelerator.sync_gradients:
+                    ema.update_parameters(accelerator.unwrap_model(model))
             state["batches_in_epoch"] += 1
             running_loss += loss.detach()
             window_images += len(indices) * accelerator.num_processes
@@ -432,7 +463,8 @@ def main(argv=None):
         check_finite()
 
         # Validation: the shared inference loop and metrics of evaluate.py.
-        scores, labels, logits = metrics.predict(model, validation_split, eval_transform, accelerator,
+        evaluated = model if ema is None else ema.module
+        scores, labels, logits = metrics.predict(evaluated, validation_split, eval_transform, accelerator,
                                                  args.per_device_eval_batch_size, info.task, desc="Validating",
                                                  return_logits=True, loader=validation_loader)
         results = metrics.compute_metrics(scores, labels, info.task, info.label_names, bootstrap_samples=0)
@@ -446,9 +478,10 @@ def main(argv=None):
         selected = results["auc" if args.selection_metric == "last" else args.selection_metric]
         if is_better(args.selection_metric, selected, state["best_metric"]) or state["best_epoch"] is None:
             state.update(best_metric=selected, best_epoch=epoch + 1, best_checkpoint=f"step_{state['global_step']}")
-            best_weights = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-            save_model_folder(accelerator, model, processor, output_dir / "best")
-        save_model_folder(accelerator, model, processor, output_dir / "last")
+            best_weights = {k: v.detach().cpu().clone()
+                            for k, v in accelerator.unwrap_model(evaluated).state_dict().items()}
+            save_model_folder(accelerator, evaluated, processor, output_dir / "best")
+        save_model_folder(accelerator, evaluated, processor, output_dir / "last")
         logger.info(f"epoch {epoch + 1}/{num_epochs}: validation acc {fmt(results['acc'])} auc "
                     f"{fmt(results['auc'])} loss {fmt(results['loss'])} (best {args.selection_metric} "
                     f"{fmt(state['best_metric'])} at epoch {state['best_epoch']})", main_process_only=True)
