@@ -92,3 +92,26 @@ def test_collect_ignores_search_runs_without_test_metrics(sweep, capsys):
     assert "[ignored] breastmnist-cnn-seed5" in capsys.readouterr().out
     row = json.loads((root / "results" / "results.json").read_text())["rows"][0]
     assert (row["model"], row["seeds"]) == ("cnn", [0, 1])
+
+
+def test_search_log_records_skip_test_runs_and_refuses_tested_ones(sweep, tmp_path, capsys):
+    import search_log
+    import train
+
+    root, _ = sweep
+    search_run = tmp_path / "search"
+    train.main(["--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(root / "data"), "--no_verify_checksum",
+                "--output_dir", str(search_run), "--num_epochs", "3", "--per_device_train_batch_size", "16",
+                "--report_to", "none", "--skip_test", "--seed", "3"])
+    log = tmp_path / "search.json"
+    assert search_log.main([str(log), f"S={search_run}"]) == 0
+    assert search_log.main([str(log), f"S={search_run}"]) == 0  # the same name again replaces, never duplicates
+    (entry,) = json.loads(log.read_text())["runs"]
+    history = json.loads((search_run / "all_results.json").read_text())["validation_history"]
+    assert entry["validation_auc_per_epoch"] == [h["metrics"]["auc"] for h in history]
+    assert entry["validation_auc_last20_mean"] == pytest.approx(statistics.fmean(entry["validation_auc_per_epoch"]))
+    assert entry["resolved"]["seed"] == 3 and entry["resolved"]["num_epochs"] == 3
+    tested = root / "runs" / "breastmnist-cnn-seed0"
+    assert search_log.main([str(log), f"T={tested}"]) == 2
+    assert "evaluated the test split" in capsys.readouterr().err
+    assert [run["name"] for run in json.loads(log.read_text())["runs"]] == ["S"]
