@@ -111,6 +111,8 @@ def parse_args(argv=None):
     add("--mixup_alpha", type=float, default=None, help="Override the preset's mixup alpha (0 = off).")
     add("--cutmix_alpha", type=float, default=None, help="Override the preset's cutmix alpha (0 = off).")
     add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")
+    add("--translate", type=float, default=None,
+        help="Override the preset's random shift, as a fraction of the side (0.1: up to ±2.8 px at 28 px).")
     add("--teacher_model_name_or_path", default=None,
         help="Distil from this trained model (a runs/<run>/best folder or Hub id, trained on the same data set): "
              "the loss becomes (1 - alpha) * task loss + alpha * distillation loss (training/distillation.py).")
@@ -276,6 +278,10 @@ def main(argv=None):
                     "--model, --dataset and --config_overrides, or start a new --output_dir."
                 )
         teacher = Teacher(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
+        augmentation = data.AugmentationConfig.preset(args.augmentation)
+        for key in ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate"):
+            if getattr(args, key) is not None:
+                augmentation = dataclasses.replace(augmentation, **{key: getattr(args, key)})
     except ValueError as error:
         accelerator.print(f"train.py: error: {error}")
         sys.exit(2)
@@ -288,10 +294,6 @@ def main(argv=None):
         mean, std = data.channel_mean_std(train_split.images)
     else:
         mean, std = [0.5] * info.num_channels, [0.5] * info.num_channels
-    augmentation = data.AugmentationConfig.preset(args.augmentation)
-    for key in ("mixup_alpha", "cutmix_alpha", "random_erasing"):
-        if getattr(args, key) is not None:
-            augmentation = dataclasses.replace(augmentation, **{key: getattr(args, key)})
     image_size = model.config.image_size
     train_transform = data.BatchTransform(augmentation, image_size, mean, std).to(accelerator.device)
     eval_transform = data.BatchTransform(data.AugmentationConfig.preset("none"), image_size, mean, std)

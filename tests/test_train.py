@@ -234,6 +234,7 @@ def train_in_process(argv, capsys) -> tuple[int, str]:
         (["--dataset", "bloodmnist"], "bloodmnist.npz"),
         (["--model", "vit", "--config_overrides", "patch_size=5"], "does not divide"),
         (["--model", "cnn", "--config_overrides", "depth=3"], "Unknown config override(s) ['depth']"),
+        (["--model", "cnn", "--translate", "1.5"], "translate must be in [0, 1], got 1.5"),
     ],
 )
 def test_bad_arguments_fail_before_writing_anything(data_dir, tmp_path, capsys, args, message):
