@@ -17,7 +17,7 @@ from training.distillation import Teacher, distillation_loss
 from training.hub import model_card
 
 ROOT = Path(__file__).resolve().parents[1]
-# One small SPT + LSA block, dropout on (the recipe's), so that the runs below differ only by the teacher.
+# One small SPT + LSA block with the recipe's regularisation, so that the runs below differ only by the teacher.
 TINY_VIT = "image_size=28,patch_size=7,hidden_size=16,num_hidden_layers=1,attention_head_dim=8,intermediate_size=32"
 
 

@@ -26,7 +26,9 @@ _VIT_DEFAULT = dict(
     normalization="train_stats",
     # Mean-pooled tokens into one linear layer: on BreastMNIST's validation split this beat the seed's head (flatten
     # all tokens, MLP 2048 -> 1024) by 0.05 AUC, with 0.67 M parameters instead of 9.2 M (README, "Results").
-    config_overrides="pooling=mean,head_hidden_sizes=[],drop_path_rate=0.1",
+    # No dropout (stochastic depth is the regulariser): as good or better on two seeds, and 23% less compute per step.
+    config_overrides="pooling=mean,head_hidden_sizes=[],drop_path_rate=0.1,hidden_dropout_prob=0,"
+                     "attention_probs_dropout_prob=0",
 )
 _CNN_DEFAULT = dict(
     num_epochs=100,
