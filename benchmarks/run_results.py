@@ -29,6 +29,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project's own modules, when run as a script
+from training.hardware import describe_hardware  # noqa: E402
 
 # The replaced notebooks' test accuracy (../shared/REFERENCE.md).
 SEED_TABLE = {
@@ -167,7 +169,7 @@ def collect(args) -> dict:
                     "validation_auc": result["validation_metrics"]["auc"], "best_epoch": result["best_epoch"],
                     "wall_clock_seconds": result["wall_clock_seconds"], "command": result["command"],
                     "num_epochs": result["config"]["num_epochs"],
-                    "hardware": result["hardware"]["description"],
+                    "hardware": describe_hardware(result["hardware"]),
                 })
             for key in ("test_acc", "test_auc", "validation_acc", "validation_auc", "wall_clock_seconds"):
                 row[key] = mean_std_ci([r[key] for r in row["runs"]])

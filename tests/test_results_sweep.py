@@ -49,6 +49,7 @@ def test_sweep_writes_table_json_and_chart_from_the_runs(sweep):
     table = (root / "results" / "RESULTS.md").read_text()
     assert f"| breastmnist | cnn | 2 | {row['test_acc']['mean']:.4f}" in table
     assert "0.76" in table  # the seed notebooks' BreastMNIST CNN accuracy beside ours
+    assert "× " in table and ", fp32, torch " in table  # hardware per row; accelerate's precision "no" is fp32
     assert (root / "results" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Each distilled run learned from the CNN of its own seed, after that CNN had finished.
     assert (distilled_row["model"], distilled_row["seeds"]) == ("vit_lsa+distilled", [0, 1])

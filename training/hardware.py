@@ -32,12 +32,17 @@ def hardware_description(accelerator) -> dict:
         device_name = torch.cuda.get_device_name(accelerator.device)
     else:
         device_name = cpu_flags_and_name()[1]
-    return {
+    hardware = {
         "device": device_name,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
-        "description": f"{accelerator.num_processes} × {device_name} ({accelerator.mixed_precision} precision), "
-                       f"torch {torch.__version__}",
     }
+    return {**hardware, "description": describe_hardware(hardware)}
+
+
+def describe_hardware(hardware: dict) -> str:
+    """One line for tables: "1 × AMD EPYC, fp32, torch 2.14.1" (accelerate's mixed precision "no" is fp32)."""
+    precision = "fp32" if hardware["mixed_precision"] == "no" else hardware["mixed_precision"]
+    return f"{hardware['num_processes']} × {hardware['device']}, {precision}, torch {hardware['torch']}"
