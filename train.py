@@ -360,7 +360,10 @@ def main(argv=None):
                 main_process_only=True)
     if writer is not None and state["global_step"] == 0:
         sample = train_split.images[: min(32, len(train_split))]
-        shown = train_transform(sample, train=True)[:, :3] * torch.tensor(std[:3], device=sample.device).view(1, -1, 1, 1)
+        # Augmented from a forked RNG: whether TensorBoard is on must not change what the run trains on.
+        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+            shown = train_transform(sample, train=True)[:, :3]
+        shown = shown * torch.tensor(std[:3], device=sample.device).view(1, -1, 1, 1)
         shown = shown + torch.tensor(mean[:3], device=sample.device).view(1, -1, 1, 1)
         import torchvision  # only for the image grid
 

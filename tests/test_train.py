@@ -289,3 +289,13 @@ def test_default_recipe_trains_at_the_files_resolution_and_the_seed_recipe_at_72
     args = train.parse_args(["--model", "vit_lsa", "--recipe", "seed"])
     assert "image_size" not in args.config_overrides  # the model's own 72 px / patch 6: the seed's geometry
     assert models.build_config("vit_lsa", 1, 2, **args.config_overrides).image_size == 72
+
+
+def test_tensorboard_logging_does_not_change_the_run(short_run, data_dir, tmp_path):
+    # The augmented sample grid that TensorBoard shows draws random numbers: they must not come from the training's.
+    output_dir, _ = short_run
+    python_train(*train_args(data_dir, tmp_path / "quiet", "--model", "cnn", "--num_epochs", "3",
+                             "--per_device_train_batch_size", "16", "--logging_steps", "2",
+                             "--checkpoints_total_limit", "5", "--augmentation", "seed", "--report_to", "none"))
+    logged, quiet = read_results(output_dir), read_results(tmp_path / "quiet")
+    assert quiet["validation_history"] == logged["validation_history"]
