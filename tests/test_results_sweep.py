@@ -116,3 +116,16 @@ def test_search_log_records_skip_test_runs_and_refuses_tested_ones(sweep, tmp_pa
     assert search_log.main([str(log), f"T={tested}"]) == 2
     assert "evaluated the test split" in capsys.readouterr().err
     assert [run["name"] for run in json.loads(log.read_text())["runs"]] == ["S"]
+
+    # The same setting with another seed is summarised with it; another learning rate is another setting.
+    train.main(["--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(root / "data"), "--no_verify_checksum",
+                "--output_dir", str(tmp_path / "search4"), "--num_epochs", "3", "--per_device_train_batch_size", "16",
+                "--report_to", "none", "--skip_test", "--seed", "4"])
+    assert search_log.main([str(log), f"S4={tmp_path / 'search4'}", "--summary"]) == 0
+    runs = json.loads(log.read_text())["runs"]
+    (row,) = search_log.summarize(runs)
+    assert row["names"] == ["S", "S4"] and row["seeds"] == [3, 4]
+    assert row["validation_auc_at_best"][0] == pytest.approx(statistics.fmean(r["validation_auc_at_best"] for r in runs))
+    other = {**runs[1], "resolved": {**runs[1]["resolved"], "learning_rate": 0.5}}
+    assert len(search_log.summarize([runs[0], other])) == 2
+    assert "S, S4 (2 runs)" in capsys.readouterr().out
