@@ -95,9 +95,9 @@ def parse_args(argv=None):
     add("--lr_scheduler", choices=[s.value for s in SchedulerType], default=None)
     add("--label_smoothing", type=float, default=None)
     add("--max_grad_norm", type=float, default=1.0, help="Gradient clipping; 0 turns it off.")
-    add("--sam_rho", type=float, default=None,
+    add("--sam_rho", type=float, default=0.0,
         help="Sharpness-aware minimisation radius (training/sam.py; two forward/backward passes per update); 0 = off.")
-    add("--ema_decay", type=float, default=None,
+    add("--ema_decay", type=float, default=0.0,
         help="Keep an exponential moving average of the weights with this decay per update, and validate, select "
              "and save it instead of the raw weights; 0 = off.")
     add("--gradient_accumulation_steps", type=int, default=1)
