@@ -37,6 +37,7 @@ import metrics
 import models
 from metrics.plots import confusion_matrix_figure
 from training import sam
+from training.relative_localization import RelativeLocalizationHead
 from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
 from training.distillation import DISTILLATION_TYPES, Teacher, distillation_loss
 from training.hardware import cpu_has_fast_bf16, hardware_description
@@ -100,6 +101,10 @@ def parse_args(argv=None):
     add("--ema_decay", type=float, default=0.0,
         help="Keep an exponential moving average of the weights with this decay per update, and validate, select "
              "and save it instead of the raw weights; 0 = off.")
+    add("--relative_localization_weight", type=float, default=0.0,
+        help="ViTs: add this weight times the dense relative localization loss (DRLoc, Liu et al. 2021: a training-"
+             "only MLP regresses how far apart random pairs of output tokens lie); 0 = off.")
+    add("--relative_localization_pairs", type=int, default=32, help="Token pairs per image and step for DRLoc.")
     add("--gradient_accumulation_steps", type=int, default=1)
     add("--seed", type=int, default=42, help="Random seed: fixes initialisation, data order and augmentation.")
     add("--config_overrides", default=None, help="Model config fields, e.g. 'image_size=28,patch_size=4'. Added to "
@@ -147,6 +152,11 @@ def parse_args(argv=None):
                      f"--distillation_temperature must be positive (got {args.distillation_temperature}).")
     if args.sam_rho < 0 or not 0.0 <= args.ema_decay < 1.0:
         parser.error(f"--sam_rho must be >= 0 (got {args.sam_rho}) and --ema_decay in [0, 1) (got {args.ema_decay}).")
+    if args.relative_localization_weight < 0 or args.relative_localization_pairs < 1:
+        parser.error(f"--relative_localization_weight must be >= 0 (got {args.relative_localization_weight}) and "
+                     f"--relative_localization_pairs >= 1 (got {args.relative_localization_pairs}).")
+    if args.relative_localization_weight > 0 and args.model == "cnn":
+        parser.error("--relative_localization_weight needs a token grid: use it with --model vit or vit_lsa.")
     if args.sam_rho > 0 and args.gradient_accumulation_steps > 1:
         parser.error("--sam_rho needs the gradient of each whole batch: use it with --gradient_accumulation_steps 1.")
     if args.push_to_hub and not args.hub_model_id:
@@ -210,10 +220,10 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def build_optimizer(args, model):
+def build_optimizer(args, *modules):
     # No weight decay on biases, norms and LSA temperatures (1-D), position embeddings and the CLS token.
     no_decay = lambda name, p: p.ndim < 2 or name.endswith(("position_embeddings", "cls_token"))  # noqa: E731
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [(n, p) for module in modules for n, p in module.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": args.weight_decay},
         {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
@@ -312,7 +322,14 @@ def main(argv=None):
     updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    optimizer = build_optimizer(args, model)
+    # DRLoc's regressor: trained with the model, in every checkpoint, never in the saved model.
+    localization = None
+    if args.relative_localization_weight > 0:
+        localization = RelativeLocalizationHead(model.config.hidden_size,
+                                                model.config.image_size // model.config.patch_size,
+                                                args.relative_localization_pairs).to(accelerator.device)
+    first_grid_token = 1 if getattr(model.config, "pooling", None) == "cls" else 0
+    optimizer = build_optimizer(args, model, *([localization] if localization is not None else []))
     # accelerate steps a prepared scheduler once per process per update, hence the factor num_processes.
     scheduler = get_scheduler(
         args.lr_scheduler, optimizer,
@@ -320,6 +337,9 @@ def main(argv=None):
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if localization is not None:
+        localization = accelerator.prepare(localization)
+    trained_parameters = [*model.parameters(), *(localization.parameters() if localization is not None else [])]
     # The weights' moving average: what is validated, selected and saved when --ema_decay is set.
     ema = None
     if args.ema_decay > 0:
@@ -420,8 +440,12 @@ def main(argv=None):
                         teacher_logits = teacher(pixel_values)
 
                 def batch_loss():
-                    logits = model(pixel_values=pixel_values).logits
+                    outputs = model(pixel_values=pixel_values, output_hidden_states=localization is not None)
+                    logits = outputs.logits
                     loss = training_loss(logits, targets, info.is_multilabel, args.label_smoothing)
+                    if localization is not None:  # the last layer's token grid (the CLS token left out)
+                        tokens = outputs.hidden_states[-1][:, first_grid_token:]
+                        loss = loss + args.relative_localization_weight * localization(tokens)
                     if teacher_logits is not None:
                         loss = (1 - args.distillation_alpha) * loss + args.distillation_alpha * distillation_loss(
                             logits, teacher_logits, args.distillation_type, args.distillation_temperature,
@@ -436,7 +460,7 @@ def main(argv=None):
                     accelerator.backward(batch_loss())
                     sam.descend(perturbation)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    accelerator.clip_grad_norm_(trained_parameters, args.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

@@ -241,14 +241,27 @@ class MedViTForImageClassification(MedViTPreTrainedModel):
         self.head = MedViTHead(config)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ImageClassifierOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        """`output_hidden_states=True` also returns the tokens after the embeddings and after each layer,
+        (B, tokens, hidden_size) each (CLS first when `pooling="cls"`)."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         pixel_values = prepare_pixel_values(pixel_values, self.config)
         hidden_states = self.embeddings(pixel_values)
+        all_hidden_states = [hidden_states]
         for layer in self.layers:
             hidden_states = layer(hidden_states)
+            all_hidden_states.append(hidden_states)
         logits = self.head(hidden_states)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits)
+        return ImageClassifierOutput(loss=loss, logits=logits,
+                                     hidden_states=tuple(all_hidden_states) if output_hidden_states else None)
 
 
 __all__ = ["MedViTForImageClassification", "MedViTPreTrainedModel"]

@@ -1,9 +1,6 @@
 """Distillation from a trained teacher (training/distillation.py, train.py --teacher_model_name_or_path)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +10,10 @@ from safetensors.torch import load_file
 
 import data
 import models
+from tiny_runs import train_tiny_vit
 from training.distillation import Teacher, distillation_loss
 from training.hub import model_card
 
-ROOT = Path(__file__).resolve().parents[1]
-# One small SPT + LSA block with the recipe's regularisation, so that the runs below differ only by the teacher.
-TINY_VIT = "image_size=28,patch_size=7,hidden_size=16,num_hidden_layers=1,attention_head_dim=8,intermediate_size=32"
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +76,18 @@ def test_a_teacher_for_another_data_set_is_refused_before_anything_is_written(tm
     assert not output_dir.exists()
 
 
-def train_tiny_vit(data_dir, output_dir, *extra):
-    command = [sys.executable, "train.py", "--model", "vit_lsa", "--dataset", "breastmnist", "--data_dir",
-               str(data_dir), "--no_verify_checksum", "--output_dir", str(output_dir), "--num_epochs", "2",
-               "--per_device_train_batch_size", "16", "--report_to", "none", "--config_overrides", TINY_VIT,
-               "--skip_test", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    results = json.loads((output_dir / "all_results.json").read_text())
-    return load_file(output_dir / "last" / "model.safetensors"), results
+def train_and_load(data_dir, output_dir, *extra):
+    """The tiny run's last weights and its all_results.json."""
+    run = train_tiny_vit(data_dir, output_dir, *extra, epochs=2, batch_size=16)
+    return load_file(run / "last" / "model.safetensors"), json.loads((run / "all_results.json").read_text())
 
 
 def test_the_teachers_predictions_enter_the_loss_with_weight_alpha(tmp_path, data_dir, info):
     teacher = str(save_teacher(tmp_path / "teacher", 2, info.label_names, seed=1))
-    plain, _ = train_tiny_vit(data_dir, tmp_path / "plain")
-    alpha0, _ = train_tiny_vit(data_dir, tmp_path / "alpha0", "--teacher_model_name_or_path", teacher,
+    plain, _ = train_and_load(data_dir, tmp_path / "plain")
+    alpha0, _ = train_and_load(data_dir, tmp_path / "alpha0", "--teacher_model_name_or_path", teacher,
                                "--distillation_alpha", "0")
-    distilled, results = train_tiny_vit(data_dir, tmp_path / "distilled", "--teacher_model_name_or_path", teacher,
+    distilled, results = train_and_load(data_dir, tmp_path / "distilled", "--teacher_model_name_or_path", teacher,
                                         "--distillation_alpha", "1", "--distillation_type", "soft")
     # alpha 0: the teacher runs but the weights are exactly those of a run without it (same seed, same batches).
     assert all(torch.equal(plain[k], alpha0[k]) for k in plain)

@@ -1,19 +1,13 @@
 """Sharpness-aware minimisation (training/sam.py, --sam_rho) and the weights' moving average (--ema_decay)."""
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny_runs import train_tiny_vit
 from training import sam
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_VIT = "image_size=28,patch_size=7,hidden_size=16,num_hidden_layers=1,attention_head_dim=8,intermediate_size=32"
 
 
 def test_ascend_steps_rho_along_the_global_gradient_and_descend_restores_exactly():
@@ -51,17 +45,6 @@ def test_the_update_uses_the_gradient_at_the_perturbed_point():
     sam.descend(perturbation)
     torch.testing.assert_close(w.grad, A @ (w.detach() + 0.5 * g / g.norm()))
     assert torch.equal(w.detach(), torch.tensor([1.0, -2.0]))
-
-
-def train_tiny_vit(data_dir, output_dir, *extra):
-    command = [sys.executable, "train.py", "--model", "vit_lsa", "--dataset", "breastmnist", "--data_dir",
-               str(data_dir), "--no_verify_checksum", "--output_dir", str(output_dir), "--num_epochs", "3",
-               "--per_device_train_batch_size", "32", "--report_to", "none", "--config_overrides", TINY_VIT,
-               "--checkpoints_total_limit", "5", "--skip_test", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return output_dir
 
 
 @pytest.fixture(scope="module")
