@@ -111,8 +111,9 @@ def parse_args(argv=None):
                                                  "the recipe's.")
     add("--normalization", choices=("train_stats", "half"), default=None,
         help="train_stats: the training split's per-channel mean/std; half: (x - 0.5) / 0.5.")
-    add("--augmentation", choices=("none", "seed", "strong"), default=None,
-        help="Augmentation preset (data.AugmentationConfig): none, seed (flip / rotation / zoom), strong.")
+    add("--augmentation", choices=data.AUGMENTATION_PRESETS, default=None,
+        help="Augmentation preset (data.AugmentationConfig): none, shift (random shifts only), seed (flip / rotation "
+             "/ zoom), strong.")
     add("--mixup_alpha", type=float, default=None, help="Override the preset's mixup alpha (0 = off).")
     add("--cutmix_alpha", type=float, default=None, help="Override the preset's cutmix alpha (0 = off).")
     add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")
@@ -140,7 +141,7 @@ def parse_args(argv=None):
     add("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
 
-    for key, value in recipe_defaults(args.recipe, args.model, args.image_size).items():
+    for key, value in recipe_defaults(args.recipe, args.model, args.image_size, args.dataset).items():
         if key == "config_overrides":
             recipe_overrides = parse_config_overrides(value)
             recipe_overrides.update(parse_config_overrides(args.config_overrides or ""))

@@ -290,7 +290,7 @@ def _batch(channels, n=16, size=28, seed=0):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("preset", ["none", "seed", "strong"])
+@pytest.mark.parametrize("preset", ["none", "shift", "seed", "strong"])
 @pytest.mark.parametrize("image_size", [28, 72])
 def test_output_shape_dtype_and_range(channels, preset, image_size):
     mean, std = [0.4] * channels, [0.2] * channels

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
 import models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,6 +290,20 @@ def test_default_recipe_trains_at_the_files_resolution_and_the_seed_recipe_at_72
     args = train.parse_args(["--model", "vit_lsa", "--recipe", "seed"])
     assert "image_size" not in args.config_overrides  # the model's own 72 px / patch 6: the seed's geometry
     assert models.build_config("vit_lsa", 1, 2, **args.config_overrides).image_size == 72
+
+
+def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the_user():
+    import train
+
+    for model in ("vit", "vit_lsa"):
+        assert train.parse_args(["--model", model, "--dataset", "breastmnist"]).augmentation == "shift"
+        assert train.parse_args(["--model", model, "--dataset", "bloodmnist"]).augmentation == "seed"
+        assert train.parse_args(["--model", model, "--dataset", "breastmnist", "--recipe", "seed"]).augmentation == "seed"
+    assert train.parse_args(["--model", "cnn", "--dataset", "breastmnist"]).augmentation == "seed"
+    args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--augmentation", "strong"])
+    assert args.augmentation == "strong"
+    shift = data.AugmentationConfig.preset("shift")
+    assert shift == data.AugmentationConfig(translate=0.1) and shift.has_geometry and not shift.mixes
 
 
 def test_tensorboard_logging_does_not_change_the_run(short_run, data_dir, tmp_path):
