@@ -7,11 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import models
 from models.modeling_vit import MedViTSelfAttention, ShiftedPatchTokenization, patchify

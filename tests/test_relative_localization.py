@@ -1,14 +1,13 @@
 """Dense relative localization (training/relative_localization.py, train.py --relative_localization_weight)."""
 
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import models
-from tiny_runs import train_tiny_vit
+from tiny_runs import checkpoints_in_order, copy_stopped_after_first_epoch, train_tiny_vit
 from training.relative_localization import RelativeLocalizationHead
 
 
@@ -82,7 +81,7 @@ def test_the_regressor_is_trained_and_checkpointed_but_not_in_the_saved_model(dr
     saved, plain_saved = (load_file(run / "last" / "model.safetensors") for run in (drloc_run, plain))
     assert saved.keys() == plain_saved.keys()  # no regressor weights in the model folder
     assert any(not torch.equal(saved[k], plain_saved[k]) for k in saved)  # the loss changed the training
-    checkpoints = sorted((drloc_run / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))
+    checkpoints = checkpoints_in_order(drloc_run)
     first, last = (load_file(c / "model_1.safetensors") for c in (checkpoints[0], checkpoints[-1]))
     assert any(k.startswith("mlp.") for k in last)
     assert any(not torch.equal(first[k], last[k]) for k in last)  # the regressor learns
@@ -91,13 +90,7 @@ def test_the_regressor_is_trained_and_checkpointed_but_not_in_the_saved_model(dr
 
 
 def test_resuming_restores_the_regressor(drloc_run, data_dir, tmp_path):
-    resumed = tmp_path / "resumed"
-    shutil.copytree(drloc_run, resumed)
-    for checkpoint in sorted((resumed / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))[1:]:
-        shutil.rmtree(checkpoint)  # as if the run had stopped after its first epoch
-    for name in ("best", "last", "all_results.json"):
-        path = resumed / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resumed = copy_stopped_after_first_epoch(drloc_run, tmp_path / "resumed")
     train_tiny_vit(data_dir, resumed, "--relative_localization_weight", "0.5", "--resume_from_checkpoint", "latest")
     straight, again = (load_file(run / "last" / "model.safetensors") for run in (drloc_run, resumed))
     assert all(torch.equal(straight[k], again[k]) for k in straight)

@@ -1,12 +1,11 @@
 """Sharpness-aware minimisation (training/sam.py, --sam_rho) and the weights' moving average (--ema_decay)."""
 
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny_runs import train_tiny_vit
+from tiny_runs import checkpoints_in_order, copy_stopped_after_first_epoch, train_tiny_vit
 from training import sam
 
 
@@ -53,7 +52,7 @@ def ema_run(data_dir, tmp_path_factory):
 
 
 def test_the_saved_model_is_the_moving_average_not_the_raw_weights(ema_run):
-    last_checkpoint = sorted((ema_run / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))[-1]
+    last_checkpoint = checkpoints_in_order(ema_run)[-1]
     raw = load_file(last_checkpoint / "model.safetensors")
     averaged = torch.load(last_checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
     saved = load_file(ema_run / "last" / "model.safetensors")
@@ -69,13 +68,7 @@ def test_sam_changes_the_updates(ema_run, data_dir, tmp_path):
 
 
 def test_resuming_restores_the_moving_average(ema_run, data_dir, tmp_path):
-    resumed = tmp_path / "resumed"
-    shutil.copytree(ema_run, resumed)
-    for checkpoint in sorted((resumed / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))[1:]:
-        shutil.rmtree(checkpoint)  # as if the run had stopped after its first epoch
-    for name in ("best", "last", "all_results.json"):
-        path = resumed / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resumed = copy_stopped_after_first_epoch(ema_run, tmp_path / "resumed")
     train_tiny_vit(data_dir, resumed, "--ema_decay", "0.8", "--sam_rho", "0.05", "--resume_from_checkpoint", "latest")
     straight, again = (load_file(run / "last" / "model.safetensors") for run in (ema_run, resumed))
     assert all(torch.equal(straight[k], again[k]) for k in straight)

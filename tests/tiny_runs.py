@@ -2,6 +2,7 @@
 for the tests of training options (SAM / EMA, distillation, relative localization)."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,19 @@ def train_tiny_vit(data_dir, output_dir, *extra, epochs: int = 3, batch_size: in
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return Path(output_dir)
+
+
+def checkpoints_in_order(run: Path) -> list[Path]:
+    """The run's `checkpoints/step_<N>` folders, oldest first."""
+    return sorted((Path(run) / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))
+
+
+def copy_stopped_after_first_epoch(run: Path, destination: Path) -> Path:
+    """A copy of a finished run as it was after its first epoch: later checkpoints and the outputs removed."""
+    shutil.copytree(run, destination)
+    for checkpoint in checkpoints_in_order(destination)[1:]:
+        shutil.rmtree(checkpoint)
+    for name in ("best", "last", "all_results.json"):
+        path = destination / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return destination
