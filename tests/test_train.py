@@ -295,11 +295,11 @@ def test_default_recipe_trains_at_the_files_resolution_and_the_seed_recipe_at_72
 def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the_user():
     import train
 
-    for model in ("vit", "vit_lsa"):
-        assert train.parse_args(["--model", model, "--dataset", "breastmnist"]).augmentation == "shift"
-        assert train.parse_args(["--model", model, "--dataset", "bloodmnist"]).augmentation == "seed"
-        assert train.parse_args(["--model", model, "--dataset", "breastmnist", "--recipe", "seed"]).augmentation == "seed"
-    assert train.parse_args(["--model", "cnn", "--dataset", "breastmnist"]).augmentation == "seed"
+    assert train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist"]).augmentation == "shift"
+    assert train.parse_args(["--model", "vit_lsa", "--dataset", "bloodmnist"]).augmentation == "seed"
+    assert train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--recipe", "seed"]).augmentation == "seed"
+    for model in ("vit", "cnn"):
+        assert train.parse_args(["--model", model, "--dataset", "breastmnist"]).augmentation == "seed"
     args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--augmentation", "strong"])
     assert args.augmentation == "strong"
     shift = data.AugmentationConfig.preset("shift")

@@ -74,9 +74,10 @@ RECIPES = {
 }
 # Where a data set's own validation split chose otherwise: (recipe, data set) -> {model: {argument: value}}.
 DATASET_CHANGES = {
-    # Random shifts alone beat flip / rotation / zoom for the ViTs on BreastMNIST's validation split, over three
-    # seeds (README, "Results"). Rotation and zoom stay for the other data sets: blood cells have no up or left.
-    ("default", "breastmnist"): {"vit": {"augmentation": "shift"}, "vit_lsa": {"augmentation": "shift"}},
+    # Random shifts alone beat flip / rotation / zoom for SPT + LSA on BreastMNIST's validation split, over three
+    # seeds; for the plain ViT they did worse on validation, so it keeps the seed's (README, "Results"). Rotation and
+    # zoom stay for the other data sets: blood cells have no up or left.
+    ("default", "breastmnist"): {"vit_lsa": {"augmentation": "shift"}},
 }
 
 
