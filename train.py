@@ -37,12 +37,12 @@ import metrics
 import models
 from metrics.plots import confusion_matrix_figure
 from training import sam
-from training.relative_localization import RelativeLocalizationHead
 from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
 from training.distillation import DISTILLATION_TYPES, Teacher, distillation_loss
 from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPusher, model_card, redact_argv
 from training.recipes import RECIPE_NAMES, recipe_defaults
+from training.relative_localization import RelativeLocalizationHead
 
 logger = get_logger(__name__)
 
@@ -325,12 +325,14 @@ def main(argv=None):
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     # DRLoc's regressor: trained with the model, in every checkpoint, never in the saved model.
     localization = None
+    trained_modules = [model]
     if args.relative_localization_weight > 0:
         localization = RelativeLocalizationHead(model.config.hidden_size,
                                                 model.config.image_size // model.config.patch_size,
                                                 args.relative_localization_pairs).to(accelerator.device)
+        trained_modules.append(localization)
     first_grid_token = 1 if getattr(model.config, "pooling", None) == "cls" else 0
-    optimizer = build_optimizer(args, model, *([localization] if localization is not None else []))
+    optimizer = build_optimizer(args, *trained_modules)
     # accelerate steps a prepared scheduler once per process per update, hence the factor num_processes.
     scheduler = get_scheduler(
         args.lr_scheduler, optimizer,
@@ -340,7 +342,7 @@ def main(argv=None):
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if localization is not None:
         localization = accelerator.prepare(localization)
-    trained_parameters = [*model.parameters(), *(localization.parameters() if localization is not None else [])]
+    trained_parameters = [p for module in trained_modules for p in module.parameters()]  # clipped together
     # The weights' moving average: what is validated, selected and saved when --ema_decay is set.
     ema = None
     if args.ema_decay > 0:

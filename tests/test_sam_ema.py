@@ -1,6 +1,5 @@
 """Sharpness-aware minimisation (training/sam.py, --sam_rho) and the weights' moving average (--ema_decay)."""
 
-
 import pytest
 import torch
 from safetensors.torch import load_file
