@@ -128,6 +128,11 @@ def parse_args(argv=None):
     add("--distillation_temperature", type=float, default=1.0, help="T of soft distillation.")
     add("--selection_metric", choices=SELECTION_METRICS, default="auc",
         help="Validation metric that picks `best` ('last' keeps the final epoch, as the seed reported).")
+    add("--cross_validation_folds", type=int, default=0,
+        help="Recipe searches on small data sets: pool train + validation, cut it into this many stratified folds "
+             "(fixed, whatever the --seed) and validate on fold --cross_validation_fold instead of the official "
+             "validation split. Implies --skip_test. 0 = the official splits.")
+    add("--cross_validation_fold", type=int, default=None, help="The held-out fold, 0-based.")
     add("--skip_test", action="store_true",
         help="Never touch the test split (hyperparameter searches): all_results.json gets test_metrics null.")
     add("--report_to", default="tensorboard", help="accelerate tracker(s): tensorboard, all, or none.")
@@ -160,6 +165,14 @@ def parse_args(argv=None):
         parser.error("--relative_localization_weight needs a token grid: use it with --model vit or vit_lsa.")
     if args.sam_rho > 0 and args.gradient_accumulation_steps > 1:
         parser.error("--sam_rho needs the gradient of each whole batch: use it with --gradient_accumulation_steps 1.")
+    if (args.cross_validation_folds > 0) != (args.cross_validation_fold is not None):
+        parser.error("--cross_validation_folds K and --cross_validation_fold I go together (I in 0..K-1), e.g. "
+                     "--cross_validation_folds 5 --cross_validation_fold 0.")
+    if args.cross_validation_folds:
+        if args.cross_validation_folds < 2 or not 0 <= args.cross_validation_fold < args.cross_validation_folds:
+            parser.error(f"--cross_validation_folds must be >= 2 and --cross_validation_fold in 0..K-1; got "
+                         f"{args.cross_validation_folds} and {args.cross_validation_fold}.")
+        args.skip_test = True  # a fold run chooses recipes: the test split stays unseen
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id namespace/name.")
     if args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
@@ -274,6 +287,8 @@ def main(argv=None):
     try:
         dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
                                      verify_checksum=not args.no_verify_checksum)
+        if args.cross_validation_folds:
+            dataset = data.cross_validation_split(dataset, args.cross_validation_folds, args.cross_validation_fold)
         info = data.medmnist_info(dataset)
         problem_type = "multi_label_classification" if info.is_multilabel else "single_label_classification"
         model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,

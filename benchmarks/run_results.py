@@ -92,10 +92,14 @@ def run_one(args, dataset: str, model: str, seed: int, threads: int | None) -> t
     """Train one run, its output to `<runs_dir>/<name>.log`; returns (succeeded, a one-line report)."""
     output_dir = Path(args.runs_dir) / run_name(dataset, model, seed)
     command = train_command(args, dataset, model, seed, output_dir)
+    return run_logged(command, Path(args.runs_dir) / f"{output_dir.name}.log", threads, output_dir.name)
+
+
+def run_logged(command: list[str], log: Path, threads: int | None, label: str) -> tuple[bool, str]:
+    """Run `command` from the project root, its output to `log`; returns (succeeded, a one-line report)."""
     env = dict(os.environ)
     if threads is not None:  # parallel runs share the cores instead of each taking all of them
         env["OMP_NUM_THREADS"] = str(threads)
-    log = Path(args.runs_dir) / f"{output_dir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(log, "w") as handle:
@@ -104,9 +108,9 @@ def run_one(args, dataset: str, model: str, seed: int, threads: int | None) -> t
         try:
             result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env)
         except FileNotFoundError as error:  # a --launch program that is not installed
-            return False, f"{output_dir.name}: FAILED, cannot start {command[0]!r} ({error.strerror}); fix --launch"
+            return False, f"{label}: FAILED, cannot start {command[0]!r} ({error.strerror}); fix --launch"
     status = "ok" if result.returncode == 0 else f"FAILED (exit {result.returncode}), see {log}"
-    return result.returncode == 0, f"{output_dir.name} in {time.time() - started:.0f} s: {status}"
+    return result.returncode == 0, f"{label} in {time.time() - started:.0f} s: {status}"
 
 
 def run_all(args) -> list[str]:

@@ -17,6 +17,9 @@
             pixel_values = transform(images, train=True)
             pixel_values, targets = mix_batch(pixel_values, labels, info.num_labels, config)  # optional
 
+For recipe searches, `cross_validation_split(dataset, num_folds=5, fold=0)` rotates a held-out fold through
+train + validation (`data.cross_validation`).
+
 Files are read from `data_dir`, else `$MEDMNIST_DATA_DIR`, else `~/.medmnist`; the Arrow conversion is cached in
 `$HF_DATASETS_CACHE/medmnist` (see `data.loading`).
 """
@@ -30,6 +33,7 @@ from .augmentation import (
     processor_mean_std,
     targets_from_labels,
 )
+from .cross_validation import cross_validation_split
 from .device_pipeline import (
     DeviceSplit,
     EpochShuffleSampler,
@@ -69,6 +73,7 @@ __all__ = [
     "MedMNISTDataError",
     "MedMNISTInfo",
     "channel_mean_std",
+    "cross_validation_split",
     "default_cache_dir",
     "expected_md5",
     "file_md5",

@@ -1,0 +1,140 @@
+"""K-fold cross-validation: the folds (data.cross_validation), train.py's fold runs and benchmarks/cross_validate.py."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import write_synthetic_npz
+
+import data
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import cross_validate  # noqa: E402
+
+LAUNCH = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no " \
+         "--dynamo_backend no"
+TRAIN_ARGS = ("--model cnn --dataset breastmnist --no_verify_checksum --num_epochs 2 --per_device_train_batch_size 16 "
+              "--per_device_eval_batch_size 32")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+
+
+def load(directory, flag="breastmnist", **sizes):
+    write_synthetic_npz(directory, flag, seed=0, **sizes)
+    return data.load_medmnist(flag, data_dir=directory, verify_checksum=False, cache_dir=directory / "cache")
+
+
+def image_keys(split) -> list[bytes]:
+    return [row["bytes"] for row in split.with_format("arrow")[:].column("image").to_pylist()]
+
+
+def test_folds_partition_train_and_validation_stratified_and_leave_test_alone(tmp_path):
+    dataset = load(tmp_path, n_train=60, n_val=30, n_test=20)  # 90 pooled images, two classes
+    pooled = image_keys(dataset["train"]) + image_keys(dataset["validation"])
+    pooled_labels = list(dataset["train"]["label"]) + list(dataset["validation"]["label"])
+    held_out = []
+    for fold in range(3):
+        folds = data.cross_validation_split(dataset, num_folds=3, fold=fold)
+        train, validation = image_keys(folds["train"]), image_keys(folds["validation"])
+        assert len(validation) == 30 and len(train) == 60
+        assert not set(train) & set(validation)
+        assert sorted(train + validation) == sorted(pooled)
+        # Stratified: every fold has the pooled class balance (45 / 45) to within one image.
+        assert abs(sum(list(folds["validation"]["label"])) - sum(pooled_labels) / 3) <= 1
+        assert image_keys(folds["test"]) == image_keys(dataset["test"])
+        assert data.medmnist_info(folds) == data.medmnist_info(dataset)
+        held_out += validation
+    assert sorted(held_out) == sorted(pooled)  # each image is held out exactly once
+    again = data.cross_validation_split(dataset, num_folds=3, fold=1)
+    assert image_keys(again["validation"]) == image_keys(data.cross_validation_split(dataset, 3, 1)["validation"])
+    other = data.cross_validation_split(dataset, num_folds=3, fold=1, split_seed=1)
+    assert image_keys(other["validation"]) != image_keys(again["validation"])
+
+
+def test_multilabel_folds_and_clear_errors(tmp_path):
+    chest = load(tmp_path / "chest", "chestmnist", n_train=20, n_val=10, n_test=10)
+    folds = data.cross_validation_split(chest, num_folds=2, fold=0)
+    assert len(folds["validation"]) == 15 and np.asarray(folds["validation"]["label"]).shape == (15, 14)
+    breast = load(tmp_path / "breast", n_train=6, n_val=2, n_test=4)  # 4 images of each class
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        data.cross_validation_split(breast, num_folds=1, fold=0)
+    with pytest.raises(ValueError, match="pick a fold in 0..2"):
+        data.cross_validation_split(breast, num_folds=3, fold=3)
+    with pytest.raises(ValueError, match="rarest class has 4.*--cross_validation_folds 4"):
+        data.cross_validation_split(breast, num_folds=5, fold=0)
+
+
+def test_train_py_refuses_half_a_fold_specification(tmp_path):
+    from train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--cross_validation_folds", "5"])
+    with pytest.raises(SystemExit):
+        parse_args(["--cross_validation_folds", "5", "--cross_validation_fold", "5"])
+    args = parse_args(["--cross_validation_folds", "5", "--cross_validation_fold", "4"])
+    assert args.skip_test  # a fold run never evaluates the test split
+
+
+@pytest.fixture(scope="module")
+def cross_validation(tmp_path_factory):
+    """Two real 2-fold cross-validations of a 2-epoch CNN, run by the script, two folds at a time."""
+    root = tmp_path_factory.mktemp("cv")
+    write_synthetic_npz(root / "data", "breastmnist", n_train=48, n_val=24, n_test=16, seed=0)
+    log = root / "results" / "cv.json"
+    common = ["--folds", "2", "--data_dir", str(root / "data"), "--runs_dir", str(root / "runs"), "--launch", LAUNCH]
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            patch.setenv(key, "1")
+        patch.setenv("HF_DATASETS_CACHE", str(root / "cache"))
+        assert cross_validate.main([str(log), "plain", "--train_args", TRAIN_ARGS, "--jobs", "2", *common]) == 0
+        assert cross_validate.main([str(log), "smoothed", "--train_args", TRAIN_ARGS + " --label_smoothing 0.2",
+                                    *common]) == 0
+    return root, log, common
+
+
+def test_script_records_each_fold_and_the_mean_over_folds(cross_validation):
+    root, log_path, _ = cross_validation
+    log = json.loads(log_path.read_text())
+    assert [s["name"] for s in log["settings"]] == ["plain", "smoothed"]
+    for setting in log["settings"]:
+        assert len(setting["fold_runs"]) == 2
+        for key, figure in setting["summary"].items():
+            values = [run[key] for run in setting["fold_runs"]]
+            assert figure["mean"] == pytest.approx(statistics.fmean(values))
+            assert figure["std"] == pytest.approx(statistics.stdev(values))
+    assert log["settings"][1]["resolved"]["label_smoothing"] == 0.2
+    for fold in range(2):
+        results = json.loads((root / "runs" / "plain" / f"fold{fold}" / "all_results.json").read_text())
+        assert results["test_metrics"] is None
+        assert (results["config"]["cross_validation_folds"], results["config"]["cross_validation_fold"]) == (2, fold)
+    assert (log_path.with_suffix(".png")).stat().st_size > 10_000
+
+
+def test_script_skips_finished_folds_and_replaces_a_setting_in_place(cross_validation, capsys):
+    root, log_path, common = cross_validation
+    before = (root / "runs" / "plain" / "fold0" / "all_results.json").stat().st_mtime_ns
+    assert cross_validate.main([str(log_path), "plain", "--train_args", TRAIN_ARGS, *common]) == 0
+    assert (root / "runs" / "plain" / "fold0" / "all_results.json").stat().st_mtime_ns == before
+    log = json.loads(log_path.read_text())
+    assert [s["name"] for s in log["settings"]] == ["plain", "smoothed"]
+    printed = capsys.readouterr().out
+    assert "plain | 2 |" in printed and "smoothed | 2 |" in printed
+
+
+def test_script_refuses_folds_of_another_split(cross_validation, capsys):
+    root, log_path, common = cross_validation
+    common = [arg if arg != "2" else "3" for arg in common]  # --folds 3: the fold runs on disk are of 2 folds
+    (root / "runs" / "plain" / "fold2").mkdir()
+    (root / "runs" / "plain" / "fold2" / "all_results.json").write_text(
+        (root / "runs" / "plain" / "fold1" / "all_results.json").read_text())
+    assert cross_validate.main([str(log_path), "plain", "--collect_only", *common]) == 2
+    assert "is not fold 0 of 3" in capsys.readouterr().err
