@@ -20,17 +20,13 @@ noisy settings.
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_results import ROOT, run_logged  # noqa: E402
+from run_results import ROOT, run_in_parallel  # noqa: E402
 from search_log import search_entry  # noqa: E402
 
 FIGURES = ("validation_auc_last20_mean", "validation_acc_last20_mean", "validation_auc_at_best",
@@ -73,18 +69,9 @@ def fold_command(args, fold: int) -> list[str]:
 def run_folds(args) -> list[str]:
     """Train every fold not finished yet; returns the failures' reports."""
     todo = [fold for fold in range(args.folds) if not (fold_dir(args, fold) / "all_results.json").is_file()]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
-    failures = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(todo), desc="Folds", unit="run") as bar:
-        futures = [pool.submit(run_logged, fold_command(args, fold), fold_dir(args, fold).with_suffix(".log"),
-                               threads, f"{args.name}/fold{fold}") for fold in todo]
-        for future in as_completed(futures):
-            succeeded, message = future.result()
-            bar.write(f"[done] {message}")
-            bar.update()
-            if not succeeded:
-                failures.append(message)
-    return failures
+    specs = [(fold_command(args, fold), fold_dir(args, fold).with_suffix(".log"), f"{args.name}/fold{fold}")
+             for fold in todo]
+    return run_in_parallel([specs], args.jobs)
 
 
 def setting_record(args) -> dict:

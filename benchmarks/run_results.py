@@ -88,14 +88,7 @@ def train_command(args, dataset: str, model: str, seed: int, output_dir: Path) -
     return command
 
 
-def run_one(args, dataset: str, model: str, seed: int, threads: int | None) -> tuple[bool, str]:
-    """Train one run, its output to `<runs_dir>/<name>.log`; returns (succeeded, a one-line report)."""
-    output_dir = Path(args.runs_dir) / run_name(dataset, model, seed)
-    command = train_command(args, dataset, model, seed, output_dir)
-    return run_logged(command, Path(args.runs_dir) / f"{output_dir.name}.log", threads, output_dir.name)
-
-
-def run_logged(command: list[str], log: Path, threads: int | None, label: str) -> tuple[bool, str]:
+def run_logged(command: list[str], log: Path, label: str, threads: int | None) -> tuple[bool, str]:
     """Run `command` from the project root, its output to `log`; returns (succeeded, a one-line report)."""
     env = dict(os.environ)
     if threads is not None:  # parallel runs share the cores instead of each taking all of them
@@ -123,14 +116,28 @@ def run_all(args) -> list[str]:
                     print(f"[skip] {run_name(dataset, model, seed)}: already done", flush=True)
                 else:
                     todo.append((dataset, model, seed))
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
-    failures = []
     # Distilled runs need their teachers, the plain CNN runs: they go in a second phase.
     phases = [[job for job in todo if not job[1].endswith(DISTILLED)],
               [job for job in todo if job[1].endswith(DISTILLED)]]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool, tqdm(total=len(todo), desc="Runs", unit="run") as bar:
+    return run_in_parallel([[run_spec(args, *job) for job in phase] for phase in phases], args.jobs)
+
+
+def run_spec(args, dataset: str, model: str, seed: int) -> tuple[list[str], Path, str]:
+    """(command, log file, label) of one run: its output goes to `<runs_dir>/<name>.log`."""
+    output_dir = Path(args.runs_dir) / run_name(dataset, model, seed)
+    command = train_command(args, dataset, model, seed, output_dir)
+    return command, Path(args.runs_dir) / f"{output_dir.name}.log", output_dir.name
+
+
+def run_in_parallel(phases: list[list[tuple[list[str], Path, str]]], jobs: int) -> list[str]:
+    """Run each phase's (command, log, label) specs `jobs` at a time, phase after phase; returns the failures.
+    Parallel runs get cpu_count // jobs threads each (OMP_NUM_THREADS) instead of each taking every core."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    failures = []
+    total = sum(len(phase) for phase in phases)
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=total, desc="Runs", unit="run") as bar:
         for phase in phases:
-            futures = [pool.submit(run_one, args, *job, threads) for job in phase]
+            futures = [pool.submit(run_logged, *spec, threads) for spec in phase]
             for future in as_completed(futures):
                 succeeded, message = future.result()
                 bar.write(f"[done] {message}")
