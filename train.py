@@ -114,6 +114,9 @@ def parse_args(argv=None):
     add("--augmentation", choices=data.AUGMENTATION_PRESETS, default=None,
         help="Augmentation preset (data.AugmentationConfig): none, shift (random shifts only), seed (flip / rotation "
              "/ zoom), strong.")
+    add("--repeated_augmentation", type=int, default=1,
+        help="Repeated augmentation (DeiT; the SPT/LSA paper's recipe): each epoch takes N / R images, each R times "
+             "in the same batch with its own augmentation. 1 = off.")
     add("--mixup_alpha", type=float, default=None, help="Override the preset's mixup alpha (0 = off).")
     add("--cutmix_alpha", type=float, default=None, help="Override the preset's cutmix alpha (0 = off).")
     add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")
@@ -173,6 +176,8 @@ def parse_args(argv=None):
             parser.error(f"--cross_validation_folds must be >= 2 and --cross_validation_fold in 0..K-1; got "
                          f"{args.cross_validation_folds} and {args.cross_validation_fold}.")
         args.skip_test = True  # a fold run chooses recipes: the test split stays unseen
+    if args.repeated_augmentation < 1:
+        parser.error(f"--repeated_augmentation must be at least 1 (1 = off), got {args.repeated_augmentation}.")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id namespace/name.")
     if args.checkpointing_steps != "epoch" and not args.checkpointing_steps.isdigit():
@@ -328,7 +333,8 @@ def main(argv=None):
     if teacher is not None:
         teacher.adapt_inputs(mean, std, accelerator.device)
 
-    train_loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed)
+    train_loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed,
+                                     repeats=args.repeated_augmentation)
     # Evaluation loaders are prepared once (not per epoch): prepared loaders are part of every saved state.
     train_loader, validation_loader, test_loader = accelerator.prepare(
         train_loader,

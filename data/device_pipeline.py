@@ -15,6 +15,7 @@ epoch `e` after `accelerator.load_state`, call `loader.set_epoch(e)` then iterat
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import datasets
 import numpy as np
@@ -186,11 +187,19 @@ class IndexDataset(Dataset):
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation of 0..N-1 that depends only on (seed, epoch), identical on every process."""
+    """A permutation of 0..N-1 that depends only on (seed, epoch), identical on every process.
 
-    def __init__(self, data_source: IndexDataset, seed: int):
+    With `repeats` r > 1 (repeated augmentation, Hoffer et al. 2020, as in DeiT): the first ceil(N / r) images of
+    the permutation, each r times in a row, cut to N; consecutive copies share a batch and are augmented apart, and
+    the epoch keeps its N samples.
+    """
+
+    def __init__(self, data_source: IndexDataset, seed: int, repeats: int = 1):
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
         self.data_source = data_source
         self.seed = int(seed)
+        self.repeats = int(repeats)
 
     def __len__(self) -> int:
         return len(self.data_source)
@@ -202,22 +211,29 @@ class EpochShuffleSampler(Sampler[int]):
         # SeedSequence mixes (seed, epoch) so that e.g. (0, 1) and (1, 0) give unrelated orders.
         mixed = int(np.random.SeedSequence([self.seed, self.data_source.epoch]).generate_state(1, np.uint64)[0])
         generator = torch.Generator().manual_seed(mixed)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        num_samples = len(self.data_source)
+        order = torch.randperm(num_samples, generator=generator)
+        if self.repeats > 1:
+            order = order[: math.ceil(num_samples / self.repeats)].repeat_interleave(self.repeats)[:num_samples]
+        yield from order.tolist()
 
 
 def index_loader(
-    num_samples: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False
+    num_samples: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False, repeats: int = 1
 ) -> DataLoader:
     """A `DataLoader` of int64 index tensors over range(num_samples), to pass through `accelerator.prepare`.
 
     Prepared, each process gets its own batches; at evaluation (`shuffle=False`) `accelerator.gather_for_metrics`
     drops the duplicates accelerate pads the last round with, so every sample counts exactly once. With
-    `shuffle=True` the order is a function of (seed, epoch): see the module docstring for epochs and resuming.
+    `shuffle=True` the order is a function of (seed, epoch): see the module docstring for epochs and resuming;
+    `repeats` > 1 turns on repeated augmentation (`EpochShuffleSampler`).
     """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
+    if repeats != 1 and not shuffle:
+        raise ValueError("repeats (repeated augmentation) is for shuffled training loaders only.")
     dataset = IndexDataset(num_samples)
-    sampler = EpochShuffleSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)
+    sampler = EpochShuffleSampler(dataset, seed, repeats) if shuffle else torch.utils.data.SequentialSampler(dataset)
     return IndexLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0)
 
 

@@ -414,6 +414,20 @@ def test_index_loader_order_depends_only_on_seed_and_epoch():
     assert len(list(index_loader(10, 4, shuffle=True, seed=0, drop_last=True))) == 2
 
 
+def test_repeated_augmentation_puts_copies_side_by_side_and_keeps_the_epoch_length():
+    plain = _epoch_order(50, 8, seed=3, epoch=2)
+    loader = index_loader(50, 8, shuffle=True, seed=3, repeats=3)
+    loader.set_epoch(2)
+    repeated = torch.cat(list(loader)).tolist()
+    assert len(repeated) == 50
+    # ceil(50 / 3) = 17 images of the same permutation, each three times in a row, the last one cut to two copies.
+    assert repeated == [index for index in plain[:17] for _ in range(3)][:50]
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        index_loader(50, 8, shuffle=True, seed=3, repeats=0)
+    with pytest.raises(ValueError, match="shuffled training loaders only"):
+        index_loader(50, 8, shuffle=False, seed=3, repeats=2)
+
+
 SHARD_N, SHARD_BATCH, SHARD_SEED, SHARD_SKIP = 103, 8, 7, 3
 
 
