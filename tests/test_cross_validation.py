@@ -112,6 +112,12 @@ def test_script_records_each_fold_and_the_mean_over_folds(cross_validation):
             assert figure["mean"] == pytest.approx(statistics.fmean(values))
             assert figure["std"] == pytest.approx(statistics.stdev(values))
     assert log["settings"][1]["resolved"]["label_smoothing"] == 0.2
+    plain, smoothed = log["settings"]
+    differences = [s["validation_auc_last20_mean"] - p["validation_auc_last20_mean"]
+                   for s, p in zip(smoothed["fold_runs"], plain["fold_runs"])]
+    paired = cross_validate.paired_difference(smoothed, plain)
+    assert paired == pytest.approx({"mean": statistics.fmean(differences), "std": statistics.stdev(differences)})
+    assert f"{paired['mean']:+.3f} ± {paired['std']:.3f}" in cross_validate.summary_lines(log)[-1]
     for fold in range(2):
         results = json.loads((root / "runs" / "plain" / f"fold{fold}" / "all_results.json").read_text())
         assert results["test_metrics"] is None
