@@ -114,9 +114,9 @@ def parse_args(argv=None):
     add("--augmentation", choices=data.AUGMENTATION_PRESETS, default=None,
         help="Augmentation preset (data.AugmentationConfig): none, shift (random shifts only), seed (flip / rotation "
              "/ zoom), strong.")
-    add("--repeated_augmentation", type=int, default=1,
+    add("--repeated_augmentation", type=int, default=None,
         help="Repeated augmentation (DeiT; the SPT/LSA paper's recipe): each epoch takes N / R images, each R times "
-             "in the same batch with its own augmentation. 1 = off.")
+             "in the same batch with its own augmentation. 1 = off (the recipes' default).")
     add("--mixup_alpha", type=float, default=None, help="Override the preset's mixup alpha (0 = off).")
     add("--cutmix_alpha", type=float, default=None, help="Override the preset's cutmix alpha (0 = off).")
     add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")

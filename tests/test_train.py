@@ -292,16 +292,21 @@ def test_default_recipe_trains_at_the_files_resolution_and_the_seed_recipe_at_72
     assert models.build_config("vit_lsa", 1, 2, **args.config_overrides).image_size == 72
 
 
-def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the_user():
+def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the_user(monkeypatch):
     import train
+    from training import recipes
 
-    assert train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist"]).augmentation == "shift"
+    for model in ("vit_lsa", "vit", "cnn"):  # no data-set changes today: one recipe for every data set
+        assert train.parse_args(["--model", model, "--dataset", "breastmnist"]).augmentation == "seed"
+    monkeypatch.setitem(recipes.DATASET_CHANGES, ("default", "breastmnist"),
+                        {"vit_lsa": {"augmentation": "shift", "repeated_augmentation": 3}})
+    args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist"])
+    assert (args.augmentation, args.repeated_augmentation) == ("shift", 3)
     assert train.parse_args(["--model", "vit_lsa", "--dataset", "bloodmnist"]).augmentation == "seed"
     assert train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--recipe", "seed"]).augmentation == "seed"
-    for model in ("vit", "cnn"):
-        assert train.parse_args(["--model", model, "--dataset", "breastmnist"]).augmentation == "seed"
+    assert train.parse_args(["--model", "vit", "--dataset", "breastmnist"]).augmentation == "seed"
     args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--augmentation", "strong"])
-    assert args.augmentation == "strong"
+    assert (args.augmentation, args.repeated_augmentation) == ("strong", 3)
     shift = data.AugmentationConfig.preset("shift")
     assert shift == data.AugmentationConfig(translate=0.1) and shift.has_geometry and not shift.mixes
 
