@@ -100,8 +100,8 @@ class AugmentationConfig:
 
     @classmethod
     def shift(cls) -> AugmentationConfig:
-        """Random shifts of up to ±10% of the side only (no flip, rotation or zoom): `vit_lsa`'s default on
-        BreastMNIST, where it beat the seed's flip / rotation / zoom on validation (README, "Results")."""
+        """Random shifts of up to ±10% of the side only (no flip, rotation or zoom). Tried for `vit_lsa` on
+        BreastMNIST: level with the seed's flip / rotation / zoom in cross-validation (README, "Results")."""
         return cls(translate=0.1)
 
     @classmethod

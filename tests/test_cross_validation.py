@@ -73,7 +73,7 @@ def test_multilabel_folds_and_clear_errors(tmp_path):
         data.cross_validation_split(breast, num_folds=5, fold=0)
 
 
-def test_train_py_refuses_half_a_fold_specification(tmp_path):
+def test_train_py_refuses_half_a_fold_specification():
     from train import parse_args
 
     with pytest.raises(SystemExit):
