@@ -19,7 +19,6 @@ import math
 
 import datasets
 import numpy as np
-import PIL.Image
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
