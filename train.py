@@ -60,10 +60,13 @@ def parse_config_overrides(text: str) -> dict:
                 key, sep, value = current.partition("=")
                 if not sep:
                     raise ValueError(f"--config_overrides: {current.strip()!r} is not key=value.")
+                value = value.strip()
+                if value.lower() in ("true", "false"):  # JSON's and Python's spellings both
+                    value = value.lower()
                 try:
-                    overrides[key.strip()] = json.loads(value.strip())
+                    overrides[key.strip()] = json.loads(value)
                 except json.JSONDecodeError:
-                    overrides[key.strip()] = value.strip()
+                    overrides[key.strip()] = value
             current = ""
         else:
             current += char

@@ -54,6 +54,11 @@ class MedViTConfig(PreTrainedConfig):
         use_locality_self_attention (`bool`, defaults to `False`):
             LSA: mask the diagonal of the attention scores (no token attends to itself) and learn one temperature per
             head, initialised at sqrt(attention_head_dim), in place of the fixed 1/sqrt(d) scale.
+        use_convolutional_tokenizer (`bool`, defaults to `False`):
+            The Compact Convolutional Transformer's tokenizer (Hassani et al. 2021, "Escaping the Big Data Paradigm
+            with Compact Transformers"): log2(`patch_size`) blocks of 3×3 convolution (`hidden_size` channels), ReLU
+            and 3×3 max-pooling with stride 2, in place of the patch projection; the token grid stays
+            `image_size / patch_size` square. `patch_size` must then be a power of 2; excludes SPT.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the truncated-normal initialisation of weights and embeddings.
     """
@@ -77,6 +82,7 @@ class MedViTConfig(PreTrainedConfig):
     head_dropout_prob: float | int = 0.5
     use_shifted_patch_tokenization: bool = False
     use_locality_self_attention: bool = False
+    use_convolutional_tokenizer: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -91,6 +97,18 @@ class MedViTConfig(PreTrainedConfig):
                 f"patch_size={self.patch_size} does not divide image_size={self.image_size}: the patches must tile "
                 f"the image. Patch sizes allowed for image_size={self.image_size}: {divisors}; or change image_size."
             )
+        if self.use_convolutional_tokenizer:
+            if self.use_shifted_patch_tokenization:
+                raise ValueError(
+                    "use_convolutional_tokenizer=True and use_shifted_patch_tokenization=True: a model has one "
+                    "tokenizer. Set use_shifted_patch_tokenization=False (model `vit_lsa` sets it True by default)."
+                )
+            if self.patch_size & (self.patch_size - 1):
+                powers = [2**k for k in range(8) if self.image_size % 2**k == 0]
+                raise ValueError(
+                    f"use_convolutional_tokenizer=True needs a power-of-2 patch_size (each block halves the grid); "
+                    f"got {self.patch_size}. Allowed for image_size={self.image_size}: {powers}."
+                )
         if self.pooling not in POOLING_CHOICES:
             raise ValueError(f"pooling={self.pooling!r} is unknown; allowed: {', '.join(POOLING_CHOICES)}.")
 

@@ -59,13 +59,40 @@ class ShiftedPatchTokenization(nn.Module):
         return self.projection(self.norm(patches))
 
 
+class HeInitConv2d(nn.Conv2d):
+    """A Conv2d that `_init_weights` gives He initialisation (it feeds a ReLU), not the generic std 0.02: with that
+    the features would shrink ~5× per block and the position embeddings would swamp them."""
+
+
+class ConvolutionalTokenizer(nn.Module):
+    """CCT's tokenizer: [3×3 conv, ReLU, 3×3 max-pool stride 2] × log2(p), so a p×p patch grid becomes one token per
+    patch as with the other tokenizers, but built from overlapping local filters, as a CNN's first layers are."""
+
+    def __init__(self, config: MedViTConfig):
+        super().__init__()
+        blocks, channels = [], config.num_channels
+        for _ in range(config.patch_size.bit_length() - 1):  # log2(patch_size)
+            blocks += [
+                HeInitConv2d(channels, config.hidden_size, kernel_size=3, padding=1, bias=False),
+                nn.ReLU(),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            ]
+            channels = config.hidden_size
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.blocks(pixel_values).flatten(2).transpose(1, 2)
+
+
 class MedViTEmbeddings(nn.Module):
-    """Tokens (plain or SPT), an optional CLS token, learned position embeddings and dropout."""
+    """Tokens (plain, SPT or convolutional), an optional CLS token, learned position embeddings and dropout."""
 
     def __init__(self, config: MedViTConfig):
         super().__init__()
         if config.use_shifted_patch_tokenization:
             self.tokenizer = ShiftedPatchTokenization(config)
+        elif config.use_convolutional_tokenizer:
+            self.tokenizer = ConvolutionalTokenizer(config)
         else:
             self.tokenizer = PatchEmbedding(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.pooling == "cls" else None
@@ -209,7 +236,9 @@ class MedViTPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, HeInitConv2d):
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)

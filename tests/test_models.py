@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from models.modeling_vit import MedViTSelfAttention, ShiftedPatchTokenization, patchify
+from models.modeling_vit import ConvolutionalTokenizer, MedViTSelfAttention, ShiftedPatchTokenization, patchify
 
 # Small ViT geometries keep the tests fast; the default (seed) geometry is exercised once below.
 TINY_VIT = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, attention_head_dim=8, intermediate_size=32)
@@ -118,6 +118,49 @@ def test_fused_attention_equals_the_written_out_softmax(lsa):
     _, _, v = attention._queries_keys_values(x)
     context = (attention.attention_probabilities(x) @ v).transpose(1, 2).reshape(2, 10, -1)
     torch.testing.assert_close(attention(x), attention.output(context), atol=1e-5, rtol=1e-5)
+
+
+CONV_TOKENIZER = dict(use_shifted_patch_tokenization=False, use_convolutional_tokenizer=True)
+
+
+@pytest.mark.parametrize("image_size, patch_size", [(28, 4), (64, 8), (28, 2)])
+def test_convolutional_tokenizer_keeps_the_patch_grid_and_is_local(image_size, patch_size):
+    model = models.build_model("vit_lsa", 1, 2, **dict(TINY_VIT, image_size=image_size, patch_size=patch_size),
+                               **CONV_TOKENIZER).eval()
+    tokenizer = model.embeddings.tokenizer
+    assert isinstance(tokenizer, ConvolutionalTokenizer)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in tokenizer.modules()) == patch_size.bit_length() - 1
+    grid = image_size // patch_size
+    image = torch.randn(1, 1, image_size, image_size)
+    moved = image.clone()
+    moved[..., -1, -1] += 10.0  # the bottom-right pixel
+    with torch.no_grad():
+        tokens, tokens_moved = tokenizer(image), tokenizer(moved)
+    assert tokens.shape == (1, grid * grid, 16)
+    changed = (tokens - tokens_moved).abs().amax(dim=-1).view(grid, grid) > 0
+    assert changed[-1, -1] and not changed[0, 0]  # a token sees its neighbourhood, not the whole image
+    assert model(image).logits.shape == (1, 2)
+
+
+def test_convolutional_tokenizer_is_he_initialised_and_loads_back(tmp_path):
+    torch.manual_seed(0)
+    model = models.build_model("vit", 1, 2, **dict(TINY_VIT, image_size=28, patch_size=4),
+                               use_convolutional_tokenizer=True)
+    first, second = [m for m in model.embeddings.tokenizer.modules() if isinstance(m, torch.nn.Conv2d)]
+    # He: std sqrt(2 / fan_in), fan_in 1·3·3 and 16·3·3; the generic init would give 0.02.
+    assert first.weight.std().item() == pytest.approx((2 / 9) ** 0.5, rel=0.3)
+    assert second.weight.std().item() == pytest.approx((2 / 144) ** 0.5, rel=0.1)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_convolutional_tokenizer_refuses_spt_and_odd_patch_sizes():
+    with pytest.raises(ValueError, match=r"one tokenizer.*use_shifted_patch_tokenization=False"):
+        models.build_model("vit_lsa", 1, 2, image_size=28, patch_size=4, use_convolutional_tokenizer=True)
+    with pytest.raises(ValueError, match=r"power-of-2 patch_size.*got 7.*\[1, 2, 4\]"):
+        models.build_model("vit", 1, 2, image_size=28, patch_size=7, use_convolutional_tokenizer=True)
 
 
 def test_multi_label_uses_bce_and_single_label_uses_cross_entropy():

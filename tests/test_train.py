@@ -292,6 +292,18 @@ def test_default_recipe_trains_at_the_files_resolution_and_the_seed_recipe_at_72
     assert models.build_config("vit_lsa", 1, 2, **args.config_overrides).image_size == 72
 
 
+def test_config_overrides_are_typed_and_take_python_or_json_booleans():
+    import train
+
+    text = "use_convolutional_tokenizer=True,use_shifted_patch_tokenization=false,head_hidden_sizes=[256, 128]," \
+           "drop_path_rate=0.1,pooling=mean,patch_size=4"
+    assert train.parse_config_overrides(text) == dict(
+        use_convolutional_tokenizer=True, use_shifted_patch_tokenization=False, head_hidden_sizes=[256, 128],
+        drop_path_rate=0.1, pooling="mean", patch_size=4)
+    with pytest.raises(ValueError, match="'pooling' is not key=value"):
+        train.parse_config_overrides("patch_size=4,pooling")
+
+
 def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the_user(monkeypatch):
     import train
     from training import recipes
