@@ -136,15 +136,16 @@ def draw_chart(log: dict, path: Path) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.name is not None and not args.collect_only:
+        failures = run_folds(args)
+        if failures:
+            print("cross_validate.py: failed folds:\n  " + "\n  ".join(failures), file=sys.stderr)
+            return 1
+    # Read after training, not before: another setting's cross_validate.py may have written the log meanwhile.
     log = json.loads(args.log.read_text()) if args.log.is_file() else {
         "what": "K-fold cross-validation on train + validation (benchmarks/cross_validate.py); no test split",
         "settings": []}
     if args.name is not None:
-        if not args.collect_only:
-            failures = run_folds(args)
-            if failures:
-                print("cross_validate.py: failed folds:\n  " + "\n  ".join(failures), file=sys.stderr)
-                return 1
         try:
             record = setting_record(args)
         except ValueError as error:

@@ -144,3 +144,24 @@ def test_script_refuses_folds_of_another_split(cross_validation, capsys):
         (root / "runs" / "plain" / "fold1" / "all_results.json").read_text())
     assert cross_validate.main([str(log_path), "plain", "--collect_only", *common]) == 2
     assert "is not fold 0 of 3" in capsys.readouterr().err
+
+
+def test_settings_run_at_the_same_time_both_reach_the_log(cross_validation):
+    """Two cross_validate.py processes sharing a log (one setting each): the one that finishes last must keep what
+    the other wrote while it trained."""
+    import shutil
+    import subprocess
+    import time
+
+    root, log_path, common = cross_validation
+    script = ROOT / "benchmarks" / "cross_validate.py"
+    running = subprocess.Popen([sys.executable, str(script), str(log_path), "late", "--train_args", TRAIN_ARGS,
+                                "--jobs", "2", *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not (root / "runs" / "late" / "fold0.log").exists() and running.poll() is None:
+        time.sleep(0.1)  # its folds are training now
+    shutil.copytree(root / "runs" / "plain", root / "runs" / "copied")
+    assert cross_validate.main([str(log_path), "copied", "--collect_only", *common]) == 0
+    output, _ = running.communicate(timeout=600)
+    assert running.returncode == 0, output
+    names = [s["name"] for s in json.loads(log_path.read_text())["settings"]]
+    assert {"plain", "smoothed", "copied", "late"} <= set(names)
