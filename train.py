@@ -168,7 +168,7 @@ def parse_args(argv=None):
         parser.error(f"--relative_localization_weight must be >= 0 (got {args.relative_localization_weight}) and "
                      f"--relative_localization_pairs >= 1 (got {args.relative_localization_pairs}).")
     if args.relative_localization_weight > 0 and args.model == "cnn":
-        parser.error("--relative_localization_weight needs a token grid: use it with --model vit or vit_lsa.")
+        parser.error("--relative_localization_weight needs a token grid: use it with a ViT (--model vit, vit_lsa or vit_conv_lsa).")
     if args.sam_rho > 0 and args.gradient_accumulation_steps > 1:
         parser.error("--sam_rho needs the gradient of each whole batch: use it with --gradient_accumulation_steps 1.")
     if (args.cross_validation_folds > 0) != (args.cross_validation_fold is not None):

@@ -1,4 +1,4 @@
-"""The project's three model families as Hugging Face configs and models, and `build_model`, the one entry point.
+"""The project's model families as Hugging Face configs and models, and `build_model`, the one entry point.
 
 Importing this package registers the configs and models with `AutoConfig` / `AutoModelForImageClassification` and
 marks them for `register_for_auto_class`, so that `save_pretrained` writes the code and an `auto_map` and anyone can
@@ -25,6 +25,13 @@ MODEL_REGISTRY = {
         MedViTConfig,
         MedViTForImageClassification,
         {"use_shifted_patch_tokenization": True, "use_locality_self_attention": True},
+    ),
+    # The convolutional tokenizer in place of SPT, with LSA; patch 8 (a power of 2, as the tokenizer needs) makes a
+    # 9×9 grid at the seed's 72 px.
+    "vit_conv_lsa": (
+        MedViTConfig,
+        MedViTForImageClassification,
+        {"use_convolutional_tokenizer": True, "use_locality_self_attention": True, "patch_size": 8},
     ),
 }
 MODEL_NAMES = tuple(MODEL_REGISTRY)
@@ -85,7 +92,8 @@ def build_model(
     """Build an initialised model.
 
     Args:
-        name: `cnn`, `vit` or `vit_lsa` (the ViT with Shifted Patch Tokenization and Locality Self-Attention).
+        name: `cnn`, `vit`, `vit_lsa` (the ViT with Shifted Patch Tokenization and Locality Self-Attention) or
+            `vit_conv_lsa` (the ViT with a convolutional tokenizer and Locality Self-Attention).
         num_channels: channels of the input images (1 or 3 for MedMNIST).
         num_labels: number of classes, or of binary labels for a multi-label data set.
         label_names: optional names of the labels, stored as `id2label` / `label2id`.

@@ -156,6 +156,19 @@ def test_convolutional_tokenizer_is_he_initialised_and_loads_back(tmp_path):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
 
+def test_vit_conv_lsa_is_the_convolutional_tokenizer_with_lsa_at_every_default_geometry():
+    from training.recipes import native_geometry
+
+    model = models.build_model("vit_conv_lsa", 3, 8)  # the config defaults: the seed's 72 px, patch 8
+    assert isinstance(model.embeddings.tokenizer, ConvolutionalTokenizer)
+    assert model.config.use_locality_self_attention and not model.config.use_shifted_patch_tokenization
+    assert model.config.num_patches == 81
+    for image_size in (28, 64, 128, 224):  # every MedMNIST resolution, at the default recipe's geometry
+        geometry = dict(item.split("=") for item in native_geometry("vit_conv_lsa", image_size).split(","))
+        config = models.build_config("vit_conv_lsa", 1, 2, **{k: int(v) for k, v in geometry.items()})
+        assert config.image_size == image_size and 7 <= config.image_size // config.patch_size <= 14
+
+
 def test_convolutional_tokenizer_refuses_spt_and_odd_patch_sizes():
     with pytest.raises(ValueError, match=r"one tokenizer.*use_shifted_patch_tokenization=False"):
         models.build_model("vit_lsa", 1, 2, image_size=28, patch_size=4, use_convolutional_tokenizer=True)
@@ -219,7 +232,7 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent(
     print(json.dumps(report))
     """
 )
-CHECKPOINT_CASES = [("cnn", 1), ("vit", 3), ("vit_lsa", 1)]
+CHECKPOINT_CASES = [("cnn", 1), ("vit", 3), ("vit_lsa", 1), ("vit_conv_lsa", 3)]
 
 
 def test_round_trip_in_a_fresh_process_and_pipeline(tmp_path):

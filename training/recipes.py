@@ -73,8 +73,8 @@ _CNN_SEED = dict(
 )
 
 RECIPES = {
-    "default": {"cnn": _CNN_DEFAULT, "vit": _VIT_DEFAULT, "vit_lsa": _VIT_DEFAULT},
-    "seed": {"cnn": _CNN_SEED, "vit": _VIT_SEED, "vit_lsa": _VIT_SEED},
+    "default": {"cnn": _CNN_DEFAULT, "vit": _VIT_DEFAULT, "vit_lsa": _VIT_DEFAULT, "vit_conv_lsa": _VIT_DEFAULT},
+    "seed": {"cnn": _CNN_SEED, "vit": _VIT_SEED, "vit_lsa": _VIT_SEED, "vit_conv_lsa": _VIT_SEED},
 }
 # Where a data set's own validation evidence chose otherwise: (recipe, data set) -> {model: {argument: value}}.
 # None now. (Random shifts alone for SPT + LSA on BreastMNIST, chosen on its 78-image validation split, were no
@@ -84,10 +84,14 @@ DATASET_CHANGES: dict[tuple[str, str], dict[str, dict]] = {}
 
 def native_geometry(model: str, image_size: int) -> str:
     """The `default` recipe's input geometry: the file's own resolution (no upsampling), and for the ViTs a 7×7
-    token grid at 28 px (patch 4, as the SPT/LSA paper's patch 4 on 32 px) and an 8×8 grid at 64 px and above."""
+    token grid at 28 px (patch 4, as the SPT/LSA paper's patch 4 on 32 px) and an 8×8 grid at 64 px and above
+    (for `vit_conv_lsa`, whose tokenizer halves the grid per block, the largest power-of-2 patch up to side / 8
+    that tiles the image: 14×14 at 224 px)."""
     if model == "cnn":
         return f"image_size={image_size}"
     patch_size = 4 if image_size == 28 else image_size // 8
+    if model == "vit_conv_lsa":
+        patch_size = max(p for p in (1, 2, 4, 8, 16, 32, 64) if p <= patch_size and image_size % p == 0)
     return f"image_size={image_size},patch_size={patch_size}"
 
 
