@@ -2,8 +2,8 @@
 # One prepared GPU session: what this CPU-only project cannot measure here, in one command of at most 10 minutes.
 #   1. issue 7: benchmarks/throughput.py on the GPU (ours vs the vit-pytorch anchor, bf16 and fp32);
 #   2. issue 7: the seed's BloodMNIST ViT + SPT + LSA recipe (50 epochs), timed end to end;
-#   3. issue 6: the BloodMNIST ViT rows (vit, vit_lsa × seeds 0 1 2, default recipe, bf16) through
-#      benchmarks/run_results.py, six runs at once on the one GPU.
+#   3. issue 6: the BloodMNIST ViT rows (vit_conv_lsa, vit, vit_lsa × seeds 0 1 2, default recipe, bf16) through
+#      benchmarks/run_results.py, nine runs at once on the one GPU (SWEEP_MODELS to choose fewer).
 # Everything comes back as one archive, $OUT/device_results.tar.gz (the device tool returns at most 8 files).
 #
 # Before the call, on the development machine, from the repository root (once):
@@ -60,9 +60,10 @@ status=$?
 tail -n 25 "$WORK/seed-recipe.log"
 echo "exit $status after $(( $(date +%s) - start )) s" | tee -a "$WORK/seed-recipe.log"
 
-echo "== 3. BloodMNIST ViT rows (default recipe), six runs at once"
-timeout "${SWEEP_S:-330}" $PYTHON benchmarks/run_results.py --datasets bloodmnist --models vit vit_lsa \
-    --seeds 0 1 2 --jobs 6 --data_dir .devdata --runs_dir "$WORK/runs" --results_dir "$WORK/results" \
+SWEEP_MODELS="${SWEEP_MODELS:-vit_conv_lsa vit vit_lsa}"
+echo "== 3. BloodMNIST ViT rows (default recipe): $SWEEP_MODELS, three seeds each, all at once"
+timeout "${SWEEP_S:-330}" $PYTHON benchmarks/run_results.py --datasets bloodmnist --models $SWEEP_MODELS \
+    --seeds 0 1 2 --jobs $(( 3 * $(wc -w <<< "$SWEEP_MODELS") )) --data_dir .devdata --runs_dir "$WORK/runs" --results_dir "$WORK/results" \
     --launch "$LAUNCH" --train_args "--report_to none --checkpoints_total_limit 1 $EXTRA" 2>&1 | tail -n 40
 
 # Bring back the records, not the weights.
