@@ -2,7 +2,7 @@
 """Run datasets × models × seeds through `accelerate launch train.py` and write the results table.
 
     python benchmarks/run_results.py --data_dir ../shared/data/medmnist \
-        --datasets breastmnist bloodmnist --models cnn vit vit_lsa --seeds 0 1 2
+        --datasets breastmnist bloodmnist --models cnn vit vit_lsa vit_conv_lsa --seeds 0 1 2
 
 A model name with the suffix `+distilled` (e.g. `vit_lsa+distilled`) trains that model distilled from the sweep's own
 CNN of the same data set and seed (`--teacher_model_name_or_path <runs_dir>/<dataset>-cnn-seed<k>/best`, extra
@@ -50,7 +50,7 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["breastmnist", "bloodmnist"])
-    parser.add_argument("--models", nargs="+", default=["cnn", "vit", "vit_lsa"])
+    parser.add_argument("--models", nargs="+", default=["cnn", "vit", "vit_lsa", "vit_conv_lsa"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "medmnist"))
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "results"))
