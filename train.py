@@ -152,11 +152,12 @@ def parse_args(argv=None):
     add("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
 
-    for key, value in recipe_defaults(args.recipe, args.model, args.image_size, args.dataset).items():
+    user_overrides = parse_config_overrides(args.config_overrides or "")
+    recipe_values = recipe_defaults(args.recipe, args.model, args.image_size, args.dataset,
+                                   convolutional_tokenizer=user_overrides.get("use_convolutional_tokenizer"))
+    for key, value in recipe_values.items():
         if key == "config_overrides":
-            recipe_overrides = parse_config_overrides(value)
-            recipe_overrides.update(parse_config_overrides(args.config_overrides or ""))
-            args.config_overrides = recipe_overrides
+            args.config_overrides = {**parse_config_overrides(value), **user_overrides}
         elif getattr(args, key) is None:
             setattr(args, key, value)
     if not 0.0 <= args.distillation_alpha <= 1.0 or args.distillation_temperature <= 0:

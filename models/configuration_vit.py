@@ -3,7 +3,12 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-POOLING_CHOICES = ("flatten", "mean", "cls")
+POOLING_CHOICES = ("flatten", "mean", "cls", "attention")
+
+
+def power_of_two_patch_sizes(image_size: int) -> list[int]:
+    """The patch sizes the convolutional tokenizer can use at this image size (each block halves the grid)."""
+    return [2**k for k in range(8) if image_size % 2**k == 0]
 
 
 @strict
@@ -42,8 +47,10 @@ class MedViTConfig(PreTrainedConfig):
             Epsilon of every LayerNorm.
         pooling (`str`, defaults to `"flatten"`):
             How the head reads the tokens: `"flatten"` (the seed's head: final LayerNorm, all tokens flattened,
-            dropout, MLP `head_hidden_sizes` with GELU and dropout, classifier), `"mean"` (mean of the tokens) or
-            `"cls"` (a learned CLS token is prepended and read out).
+            dropout, MLP `head_hidden_sizes` with GELU and dropout, classifier), `"mean"` (mean of the tokens),
+            `"cls"` (a learned CLS token is prepended and read out) or `"attention"` (the Compact Convolutional
+            Transformer's sequence pooling: a learned linear score per token, softmax over the tokens, the weighted
+            mean).
         head_hidden_sizes (`list[int]`, defaults to `[2048, 1024]`):
             Hidden widths of the head's MLP; empty for a single linear classifier.
         head_dropout_prob (`float`, defaults to 0.5):
@@ -104,7 +111,7 @@ class MedViTConfig(PreTrainedConfig):
                     "tokenizer. Set use_shifted_patch_tokenization=False (model `vit_lsa` sets it True by default)."
                 )
             if self.patch_size & (self.patch_size - 1):
-                powers = [2**k for k in range(8) if self.image_size % 2**k == 0]
+                powers = power_of_two_patch_sizes(self.image_size)
                 raise ValueError(
                     f"use_convolutional_tokenizer=True needs a power-of-2 patch_size (each block halves the grid); "
                     f"got {self.patch_size}. Allowed for image_size={self.image_size}: {powers}."
@@ -117,4 +124,4 @@ class MedViTConfig(PreTrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
-__all__ = ["MedViTConfig"]
+__all__ = ["MedViTConfig", "power_of_two_patch_sizes"]

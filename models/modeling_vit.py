@@ -202,12 +202,16 @@ class MedViTLayer(nn.Module):
 
 
 class MedViTHead(nn.Module):
-    """Final LayerNorm, pooling (flatten / mean / cls), dropout, GELU MLP `head_hidden_sizes`, classifier."""
+    """Final LayerNorm, pooling (flatten / mean / cls / attention), dropout, GELU MLP `head_hidden_sizes`, classifier.
+
+    Attention pooling (CCT's SeqPool) scores each token with one linear unit and takes the softmax-weighted mean:
+    the model learns which tokens matter instead of averaging all of them equally."""
 
     def __init__(self, config: MedViTConfig):
         super().__init__()
         self.pooling = config.pooling
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention_pool = nn.Linear(config.hidden_size, 1) if config.pooling == "attention" else None
         width = config.hidden_size * (config.num_patches if config.pooling == "flatten" else 1)
         layers = [nn.Dropout(config.head_dropout_prob)]
         for hidden_width in config.head_hidden_sizes:
@@ -222,6 +226,9 @@ class MedViTHead(nn.Module):
             pooled = hidden_states.flatten(1)
         elif self.pooling == "mean":
             pooled = hidden_states.mean(dim=1)
+        elif self.pooling == "attention":
+            weights = self.attention_pool(hidden_states).softmax(dim=1)  # (B, N, 1): one weight per token
+            pooled = (weights * hidden_states).sum(dim=1)
         else:  # "cls"
             pooled = hidden_states[:, 0]
         return self.classifier(self.mlp(pooled))

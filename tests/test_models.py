@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from models.modeling_vit import ConvolutionalTokenizer, MedViTSelfAttention, ShiftedPatchTokenization, patchify
+from models.modeling_vit import ConvolutionalTokenizer, MedViTHead, MedViTSelfAttention, ShiftedPatchTokenization, patchify
 
 # Small ViT geometries keep the tests fast; the default (seed) geometry is exercised once below.
 TINY_VIT = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, attention_head_dim=8, intermediate_size=32)
@@ -174,6 +174,26 @@ def test_convolutional_tokenizer_refuses_spt_and_odd_patch_sizes():
         models.build_model("vit_lsa", 1, 2, image_size=28, patch_size=4, use_convolutional_tokenizer=True)
     with pytest.raises(ValueError, match=r"power-of-2 patch_size.*got 7.*\[1, 2, 4\]"):
         models.build_model("vit", 1, 2, image_size=28, patch_size=7, use_convolutional_tokenizer=True)
+
+
+def test_attention_pooling_weights_tokens_by_a_learned_score():
+    config = models.build_config("vit", 1, 2, **dict(TINY_VIT, image_size=28, patch_size=4), pooling="attention",
+                                 head_hidden_sizes=[], head_dropout_prob=0.0)
+    head = MedViTHead(config).eval()
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 49, 16)
+    normed = head.norm(tokens)
+    with torch.no_grad():
+        head.attention_pool.weight.zero_()
+        head.attention_pool.bias.zero_()  # equal scores: the plain mean
+        torch.testing.assert_close(head(tokens), head.classifier(normed.mean(dim=1)))
+        tokens[:, 5, 0] += 100.0  # one token whose LayerNorm'd feature 0 is the largest (sqrt(15)) ...
+        head.attention_pool.weight[0, 0] = 100.0  # ... and a score that reads feature 0: that token alone
+        expected = head.classifier(head.norm(tokens)[:, 5])
+        torch.testing.assert_close(head(tokens), expected, atol=1e-4, rtol=1e-4)
+    model = models.build_model("vit_conv_lsa", 1, 2, **dict(TINY_VIT, image_size=28, patch_size=4),
+                               pooling="attention")
+    assert model(torch.randn(3, 1, 28, 28)).logits.shape == (3, 2)
 
 
 def test_multi_label_uses_bce_and_single_label_uses_cross_entropy():

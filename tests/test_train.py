@@ -290,6 +290,13 @@ def test_default_recipe_trains_at_the_files_resolution_and_the_seed_recipe_at_72
     args = train.parse_args(["--model", "vit_lsa", "--recipe", "seed"])
     assert "image_size" not in args.config_overrides  # the model's own 72 px / patch 6: the seed's geometry
     assert models.build_config("vit_lsa", 1, 2, **args.config_overrides).image_size == 72
+    # The convolutional tokenizer needs a power-of-2 patch: 224 / 8 = 28 is not, so the recipe picks 16, for
+    # vit_conv_lsa and for any ViT the user gives the tokenizer.
+    for model, extra in (("vit_conv_lsa", []), ("vit", ["--config_overrides", "use_convolutional_tokenizer=True"])):
+        args = train.parse_args(["--model", model, "--image_size", "224", *extra])
+        assert args.config_overrides["patch_size"] == 16
+        assert models.build_config(model, 1, 2, **args.config_overrides).num_patches == 14 * 14
+    assert train.parse_args(["--model", "vit", "--image_size", "224"]).config_overrides["patch_size"] == 28
 
 
 def test_config_overrides_are_typed_and_take_python_or_json_booleans():

@@ -7,6 +7,9 @@
   100 epochs, (x − 0.5) / 0.5, no augmentation).
 """
 
+from models import MODEL_REGISTRY
+from models.configuration_vit import power_of_two_patch_sizes
+
 RECIPE_NAMES = ("default", "seed")
 
 _VIT_DEFAULT = dict(
@@ -82,23 +85,28 @@ RECIPES = {
 DATASET_CHANGES: dict[tuple[str, str], dict[str, dict]] = {}
 
 
-def native_geometry(model: str, image_size: int) -> str:
+def native_geometry(model: str, image_size: int, convolutional_tokenizer: bool | None = None) -> str:
     """The `default` recipe's input geometry: the file's own resolution (no upsampling), and for the ViTs a 7×7
-    token grid at 28 px (patch 4, as the SPT/LSA paper's patch 4 on 32 px) and an 8×8 grid at 64 px and above
-    (for `vit_conv_lsa`, whose tokenizer halves the grid per block, the largest power-of-2 patch up to side / 8
-    that tiles the image: 14×14 at 224 px)."""
+    token grid at 28 px (patch 4, as the SPT/LSA paper's patch 4 on 32 px) and an 8×8 grid at 64 px and above.
+    With the convolutional tokenizer (`vit_conv_lsa`'s, or any ViT's with `convolutional_tokenizer=True`: the
+    user's override), whose blocks halve the grid, the largest power-of-2 patch up to side / 8 that tiles the
+    image: 14×14 at 224 px."""
     if model == "cnn":
         return f"image_size={image_size}"
+    if convolutional_tokenizer is None:
+        convolutional_tokenizer = MODEL_REGISTRY[model][2].get("use_convolutional_tokenizer", False)
     patch_size = 4 if image_size == 28 else image_size // 8
-    if model == "vit_conv_lsa":
-        patch_size = max(p for p in (1, 2, 4, 8, 16, 32, 64) if p <= patch_size and image_size % p == 0)
+    if convolutional_tokenizer:
+        patch_size = max(p for p in power_of_two_patch_sizes(image_size) if p <= patch_size)
     return f"image_size={image_size},patch_size={patch_size}"
 
 
-def recipe_defaults(recipe: str, model: str, image_size: int = 28, dataset: str | None = None) -> dict:
+def recipe_defaults(recipe: str, model: str, image_size: int = 28, dataset: str | None = None,
+                    convolutional_tokenizer: bool | None = None) -> dict:
     """The recipe's value for every training argument it sets, for this model, file resolution and data set.
 
     `config_overrides` is a "k=v,..." string of model config fields (the user's own overrides are applied after it).
+    `convolutional_tokenizer`: the user's `use_convolutional_tokenizer` override, if any (it changes the patch size).
     """
     if recipe not in RECIPES:
         raise ValueError(f"Unknown recipe {recipe!r}; allowed: {', '.join(RECIPE_NAMES)}.")
@@ -106,5 +114,5 @@ def recipe_defaults(recipe: str, model: str, image_size: int = 28, dataset: str 
     defaults.update(DATASET_CHANGES.get((recipe, dataset), {}).get(model, {}))
     if recipe == "default":
         defaults["config_overrides"] = ",".join(
-            part for part in (native_geometry(model, image_size), defaults["config_overrides"]) if part)
+            part for part in (native_geometry(model, image_size, convolutional_tokenizer), defaults["config_overrides"]) if part)
     return defaults
