@@ -66,6 +66,10 @@ class MedViTConfig(PreTrainedConfig):
             with Compact Transformers"): log2(`patch_size`) blocks of 3×3 convolution (`hidden_size` channels), ReLU
             and 3×3 max-pooling with stride 2, in place of the patch projection; the token grid stays
             `image_size / patch_size` square. `patch_size` must then be a power of 2; excludes SPT.
+        convolutional_tokenizer_batch_norm (`bool`, defaults to `False`):
+            BatchNorm after each of the convolutional tokenizer's convolutions (before the ReLU), as in the
+            convolutional stems of Xiao et al. (2021), "Early Convolutions Help Transformers See Better". Needs
+            `use_convolutional_tokenizer`.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the truncated-normal initialisation of weights and embeddings.
     """
@@ -90,6 +94,7 @@ class MedViTConfig(PreTrainedConfig):
     use_shifted_patch_tokenization: bool = False
     use_locality_self_attention: bool = False
     use_convolutional_tokenizer: bool = False
+    convolutional_tokenizer_batch_norm: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -116,6 +121,11 @@ class MedViTConfig(PreTrainedConfig):
                     f"use_convolutional_tokenizer=True needs a power-of-2 patch_size (each block halves the grid); "
                     f"got {self.patch_size}. Allowed for image_size={self.image_size}: {powers}."
                 )
+        if self.convolutional_tokenizer_batch_norm and not self.use_convolutional_tokenizer:
+            raise ValueError(
+                "convolutional_tokenizer_batch_norm=True needs the convolutional tokenizer: set "
+                "use_convolutional_tokenizer=True as well (or use the model `vit_conv_lsa`)."
+            )
         if self.pooling not in POOLING_CHOICES:
             raise ValueError(f"pooling={self.pooling!r} is unknown; allowed: {', '.join(POOLING_CHOICES)}.")
 

@@ -65,18 +65,18 @@ class HeInitConv2d(nn.Conv2d):
 
 
 class ConvolutionalTokenizer(nn.Module):
-    """CCT's tokenizer: [3×3 conv, ReLU, 3×3 max-pool stride 2] × log2(p), so a p×p patch grid becomes one token per
-    patch as with the other tokenizers, but built from overlapping local filters, as a CNN's first layers are."""
+    """CCT's tokenizer: [3×3 conv, (BatchNorm,) ReLU, 3×3 max-pool stride 2] × log2(p), so a p×p patch grid becomes
+    one token per patch as with the other tokenizers, but built from overlapping local filters, as a CNN's first
+    layers are."""
 
     def __init__(self, config: MedViTConfig):
         super().__init__()
         blocks, channels = [], config.num_channels
         for _ in range(config.patch_size.bit_length() - 1):  # log2(patch_size)
-            blocks += [
-                HeInitConv2d(channels, config.hidden_size, kernel_size=3, padding=1, bias=False),
-                nn.ReLU(),
-                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-            ]
+            blocks.append(HeInitConv2d(channels, config.hidden_size, kernel_size=3, padding=1, bias=False))
+            if config.convolutional_tokenizer_batch_norm:
+                blocks.append(nn.BatchNorm2d(config.hidden_size))
+            blocks += [nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1)]
             channels = config.hidden_size
         self.blocks = nn.Sequential(*blocks)
 
@@ -249,9 +249,13 @@ class MedViTPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, MedViTEmbeddings):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             if module.cls_token is not None:

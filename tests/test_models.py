@@ -156,6 +156,28 @@ def test_convolutional_tokenizer_is_he_initialised_and_loads_back(tmp_path):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
 
+def test_convolutional_tokenizer_batch_norm_normalises_each_block_and_saves_its_statistics(tmp_path):
+    model = models.build_model("vit_conv_lsa", 1, 2, **dict(TINY_VIT, image_size=28, patch_size=4),
+                               convolutional_tokenizer_batch_norm=True)
+    norms = [m for m in model.embeddings.tokenizer.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 2
+    model.train()
+    with torch.no_grad():
+        model(5.0 + 3.0 * torch.randn(8, 1, 28, 28))  # far from zero mean, unit variance
+        first_conv = model.embeddings.tokenizer.blocks[0]
+        features = norms[0](first_conv(5.0 + 3.0 * torch.randn(64, 1, 28, 28)))
+    # in training mode each channel leaves the BatchNorm at mean 0, std 1; the running statistics moved
+    assert features.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (features.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-2
+    assert norms[0].running_mean.abs().sum() > 0 and norms[0].num_batches_tracked == 2
+    model.eval().save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    image = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(image).logits, model(image).logits)
+    with pytest.raises(ValueError, match="needs the convolutional tokenizer"):
+        models.build_model("vit", 1, 2, image_size=28, patch_size=4, convolutional_tokenizer_batch_norm=True)
+
+
 def test_vit_conv_lsa_is_the_convolutional_tokenizer_with_lsa_at_every_default_geometry():
     from training.recipes import native_geometry
 
