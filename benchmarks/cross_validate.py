@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_results import ROOT, run_in_parallel  # noqa: E402
+from run_results import ROOT, T_975, run_in_parallel  # noqa: E402
 from search_log import search_entry  # noqa: E402
 
 FIGURES = ("validation_auc_last20_mean", "validation_acc_last20_mean", "validation_auc_at_best",
@@ -48,6 +48,8 @@ def parse_args(argv=None):
                                             "--num_processes 1", help="How to start train.py.")
     parser.add_argument("--jobs", type=int, default=1, help="Folds at a time; each gets cpu_count // jobs threads.")
     parser.add_argument("--collect_only", action="store_true", help="Record the finished folds; train nothing.")
+    parser.add_argument("--reference", default=None, help="The setting every other is compared with, fold by fold "
+                                                          "(default: the log's first).")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}.")
@@ -92,23 +94,30 @@ def setting_record(args) -> dict:
 
 
 def paired_difference(setting: dict, reference: dict, key: str = "validation_auc_last20_mean") -> dict | None:
-    """Mean ± std over folds of (setting − reference) fold by fold: both saw the same folds, so the folds' own
-    difficulty (0.74 to 0.79 AUC on BreastMNIST) cancels out. None when the fold counts differ."""
+    """Mean ± std over folds of (setting − reference) fold by fold, and the mean's 95% t-interval: both saw the same
+    folds, so the folds' own difficulty (0.74 to 0.79 AUC on BreastMNIST) cancels out. None when the fold counts
+    differ."""
     if setting["folds"] != reference["folds"]:
         return None
     differences = [run[key] - ref[key] for run, ref in zip(setting["fold_runs"], reference["fold_runs"])]
-    return {"mean": statistics.fmean(differences), "std": statistics.stdev(differences)}
+    mean, std = statistics.fmean(differences), statistics.stdev(differences)
+    half_width = T_975[len(differences) - 1] * std / len(differences) ** 0.5
+    return {"mean": mean, "std": std, "ci95": [mean - half_width, mean + half_width]}
 
 
-def summary_lines(log: dict) -> list[str]:
-    reference = log["settings"][0]
+def summary_lines(log: dict, reference_name: str | None = None) -> list[str]:
+    names = [s["name"] for s in log["settings"]]
+    if reference_name is not None and reference_name not in names:
+        raise ValueError(f"--reference {reference_name!r} is not a setting of the log; its settings: {', '.join(names)}.")
+    reference = log["settings"][names.index(reference_name) if reference_name else 0]
     lines = ["setting | folds | val AUC, last 20 epochs | val ACC, last 20 | val AUC, best epoch | val ACC, best | "
-             f"AUC last 20 − {reference['name']}'s, paired over folds",
+             f"AUC last 20 − {reference['name']}'s, paired over folds [95% interval]",
              "--- | --- | --- | --- | --- | --- | ---"]
     for setting in log["settings"]:
         cells = [f"{setting['summary'][k]['mean']:.3f} ± {setting['summary'][k]['std']:.3f}" for k in FIGURES]
         difference = paired_difference(setting, reference) if setting is not reference else None
-        cells.append(f"{difference['mean']:+.3f} ± {difference['std']:.3f}" if difference else "")
+        cells.append(f"{difference['mean']:+.3f} ± {difference['std']:.3f} [{difference['ci95'][0]:+.3f}, "
+                     f"{difference['ci95'][1]:+.3f}]" if difference else "")
         lines.append(" | ".join([setting["name"], str(setting["folds"]), *cells]))
     return lines
 
@@ -162,7 +171,11 @@ def main(argv=None):
         print(f"cross_validate.py: {args.log} records no setting yet; give a setting's name to run one.",
               file=sys.stderr)
         return 2
-    print("\n".join(summary_lines(log)))
+    try:
+        print("\n".join(summary_lines(log, args.reference)))
+    except ValueError as error:
+        print(f"cross_validate.py: error: {error}", file=sys.stderr)
+        return 2
     draw_chart(log, args.log.with_suffix(".png"))
     return 0
 

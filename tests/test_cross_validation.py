@@ -116,8 +116,20 @@ def test_script_records_each_fold_and_the_mean_over_folds(cross_validation):
     differences = [s["validation_auc_last20_mean"] - p["validation_auc_last20_mean"]
                    for s, p in zip(smoothed["fold_runs"], plain["fold_runs"])]
     paired = cross_validate.paired_difference(smoothed, plain)
-    assert paired == pytest.approx({"mean": statistics.fmean(differences), "std": statistics.stdev(differences)})
-    assert f"{paired['mean']:+.3f} ± {paired['std']:.3f}" in cross_validate.summary_lines(log)[-1]
+    mean, std = statistics.fmean(differences), statistics.stdev(differences)
+    half_width = 12.706 * std / 2**0.5  # t(0.975, 1 degree of freedom): two folds
+    assert (paired["mean"], paired["std"]) == pytest.approx((mean, std))
+    assert paired["ci95"] == pytest.approx([mean - half_width, mean + half_width])
+    assert (f"{paired['mean']:+.3f} ± {paired['std']:.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}]"
+            in cross_validate.summary_lines(log)[-1])
+    # against the second setting instead: the first row now carries the difference, the reference's row none
+    lines = cross_validate.summary_lines(log, "smoothed")
+    reverse = cross_validate.paired_difference(plain, smoothed)
+    assert reverse["mean"] == pytest.approx(-paired["mean"]) and "smoothed's" in lines[0]
+    assert lines[2].endswith(f"{reverse['mean']:+.3f} ± {reverse['std']:.3f} [{reverse['ci95'][0]:+.3f}, "
+                             f"{reverse['ci95'][1]:+.3f}]") and lines[-1].endswith("| ")
+    with pytest.raises(ValueError, match="'nope' is not a setting of the log; its settings: plain, smoothed"):
+        cross_validate.summary_lines(log, "nope")
     for fold in range(2):
         results = json.loads((root / "runs" / "plain" / f"fold{fold}" / "all_results.json").read_text())
         assert results["test_metrics"] is None
