@@ -128,13 +128,14 @@ def draw_chart(log: dict, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 4.5))
+    figure = Figure(figsize=(8, 4.5 + 0.15 * max(0, len(log["settings"]) - 10)))
     axes = figure.add_subplot()
-    for setting in log["settings"]:
+    for index, setting in enumerate(log["settings"]):
         curves = [run["validation_auc_per_epoch"] for run in setting["fold_runs"]]
         length = min(len(curve) for curve in curves)
         mean = [statistics.fmean(curve[epoch] for curve in curves) for epoch in range(length)]
-        axes.plot(range(1, length + 1), mean, label=f"{setting['name']} "
+        # matplotlib cycles 10 colours: the next ten settings get dashed lines, then dotted, so none look alike
+        axes.plot(range(1, length + 1), mean, linestyle=("-", "--", ":")[index // 10 % 3], label=f"{setting['name']} "
                   f"(last 20: {setting['summary']['validation_auc_last20_mean']['mean']:.3f})")
     axes.set(xlabel="epoch", ylabel="validation AUC, mean over folds", title=f"{path.stem}: cross-validation")
     axes.grid(alpha=0.3)
