@@ -297,6 +297,10 @@ def test_default_recipe_trains_at_the_files_resolution_and_the_seed_recipe_at_72
         assert args.config_overrides["patch_size"] == 16
         assert models.build_config(model, 1, 2, **args.config_overrides).num_patches == 14 * 14
     assert train.parse_args(["--model", "vit", "--image_size", "224"]).config_overrides["patch_size"] == 28
+    # vit_conv_lsa's default depth is 4 blocks (chosen by cross-validation), the other ViTs' 8; the seed recipe: 8
+    assert train.parse_args(["--model", "vit_conv_lsa"]).config_overrides["num_hidden_layers"] == 4
+    assert "num_hidden_layers" not in train.parse_args(["--model", "vit_lsa"]).config_overrides
+    assert "num_hidden_layers" not in train.parse_args(["--model", "vit_conv_lsa", "--recipe", "seed"]).config_overrides
 
 
 def test_config_overrides_are_typed_and_take_python_or_json_booleans():
