@@ -54,7 +54,10 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "medmnist"))
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "results"))
-    parser.add_argument("--results_dir", default=str(ROOT / "results"))
+    parser.add_argument("--results_dir", default=None,
+                        help="Where the table, results.json and chart go. Default: results/ for the default --runs_dir, "
+                             "<runs_dir>/results_table for any other, so that a side sweep does not overwrite the "
+                             "project's table (move its runs into runs/results/ and --collect_only there).")
     # accelerate's launcher through this interpreter: works in a venv that is not activated (no `accelerate` on PATH).
     parser.add_argument("--launch",
                         default=f"{shlex.quote(sys.executable)} -m accelerate.commands.launch --num_processes 1",
@@ -66,7 +69,11 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=1,
                         help="Runs at a time; each gets cpu_count // jobs threads (OMP_NUM_THREADS). On a GPU keep 1.")
     parser.add_argument("--collect_only", action="store_true", help="Only aggregate the runs already in runs_dir.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.results_dir is None:
+        default_runs = Path(args.runs_dir).resolve() == (ROOT / "runs" / "results").resolve()
+        args.results_dir = str(ROOT / "results") if default_runs else str(Path(args.runs_dir) / "results_table")
+    return args
 
 
 def base_model(model: str) -> str:

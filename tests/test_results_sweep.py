@@ -129,3 +129,11 @@ def test_search_log_records_skip_test_runs_and_refuses_tested_ones(sweep, tmp_pa
     other = {**runs[1], "resolved": {**runs[1]["resolved"], "learning_rate": 0.5}}
     assert len(search_log.summarize([runs[0], other])) == 2
     assert "S, S4 (2 runs)" in capsys.readouterr().out
+
+
+def test_a_side_sweep_writes_its_table_beside_its_runs_not_over_the_projects(tmp_path):
+    side = run_results.parse_args(["--runs_dir", str(tmp_path / "runs-side")])
+    assert Path(side.results_dir) == tmp_path / "runs-side" / "results_table"
+    assert Path(run_results.parse_args([]).results_dir) == ROOT / "results"
+    explicit = run_results.parse_args(["--runs_dir", str(tmp_path), "--results_dir", str(tmp_path / "table")])
+    assert Path(explicit.results_dir) == tmp_path / "table"
