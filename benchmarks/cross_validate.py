@@ -108,7 +108,8 @@ def paired_difference(setting: dict, reference: dict, key: str = "validation_auc
 def summary_lines(log: dict, reference_name: str | None = None) -> list[str]:
     names = [s["name"] for s in log["settings"]]
     if reference_name is not None and reference_name not in names:
-        raise ValueError(f"--reference {reference_name!r} is not a setting of the log; its settings: {', '.join(names)}.")
+        raise ValueError(f"--reference {reference_name!r} is not a setting of the log; its settings: "
+                         f"{', '.join(names)}.")
     reference = log["settings"][names.index(reference_name) if reference_name else 0]
     lines = ["setting | folds | val AUC, last 20 epochs | val ACC, last 20 | val AUC, best epoch | val ACC, best | "
              f"AUC last 20 − {reference['name']}'s, paired over folds [95% interval]",

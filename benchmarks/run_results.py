@@ -55,9 +55,10 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "medmnist"))
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "results"))
     parser.add_argument("--results_dir", default=None,
-                        help="Where the table, results.json and chart go. Default: results/ for the default --runs_dir, "
-                             "<runs_dir>/results_table for any other, so that a side sweep does not overwrite the "
-                             "project's table (move its runs into runs/results/ and --collect_only there).")
+                        help="Where the table, results.json and chart go. Default: results/ for the default "
+                             "--runs_dir, <runs_dir>/results_table for any other, so that a side sweep does not "
+                             "overwrite the project's table (move its runs into runs/results/ and --collect_only "
+                             "there).")
     # accelerate's launcher through this interpreter: works in a venv that is not activated (no `accelerate` on PATH).
     parser.add_argument("--launch",
                         default=f"{shlex.quote(sys.executable)} -m accelerate.commands.launch --num_processes 1",

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import models
-from models.modeling_vit import ConvolutionalTokenizer, MedViTHead, MedViTSelfAttention, ShiftedPatchTokenization, patchify
+from models.modeling_vit import (ConvolutionalTokenizer, MedViTHead, MedViTSelfAttention, ShiftedPatchTokenization,
+                                 patchify)
 
 # Small ViT geometries keep the tests fast; the default (seed) geometry is exercised once below.
 TINY_VIT = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, attention_head_dim=8, intermediate_size=32)

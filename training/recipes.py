@@ -116,6 +116,6 @@ def recipe_defaults(recipe: str, model: str, image_size: int = 28, dataset: str 
     defaults = dict(RECIPES[recipe][model])
     defaults.update(DATASET_CHANGES.get((recipe, dataset), {}).get(model, {}))
     if recipe == "default":
-        defaults["config_overrides"] = ",".join(
-            part for part in (native_geometry(model, image_size, convolutional_tokenizer), defaults["config_overrides"]) if part)
+        geometry = native_geometry(model, image_size, convolutional_tokenizer)
+        defaults["config_overrides"] = ",".join(part for part in (geometry, defaults["config_overrides"]) if part)
     return defaults
