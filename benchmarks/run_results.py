@@ -13,6 +13,9 @@ so an interrupted sweep continues where it stopped. Afterwards (or with `--colle
 `results/results.json` (every run's test and validation metrics), `results/RESULTS.md` (mean ± std over seeds with a
 95% t-interval, the seed notebooks' figures and the published references beside them) and `results/results.png`.
 Test metrics come from each run's single test evaluation of the model chosen on the validation split.
+
+Run folders are not committed, so a fresh clone has none: `--update` replaces only the rows this command collects
+in the existing `results.json` and keeps the others as they were (the table records every command that wrote it).
 """
 
 import argparse
@@ -70,6 +73,9 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=1,
                         help="Runs at a time; each gets cpu_count // jobs threads (OMP_NUM_THREADS). On a GPU keep 1.")
     parser.add_argument("--collect_only", action="store_true", help="Only aggregate the runs already in runs_dir.")
+    parser.add_argument("--update", action="store_true",
+                        help="Replace only the (dataset, model) rows collected now in results_dir's existing "
+                             "results.json and keep its other rows (whose runs need not be on this machine).")
     args = parser.parse_args(argv)
     if args.results_dir is None:
         default_runs = Path(args.runs_dir).resolve() == (ROOT / "runs" / "results").resolve()
@@ -198,6 +204,22 @@ def collect(args) -> dict:
     return {"rows": rows, "seed_table": {f"{d}/{m}": v for (d, m), v in SEED_TABLE.items()}, "published": PUBLISHED}
 
 
+def this_command(argv=None) -> str:
+    arguments = sys.argv[1:] if argv is None else argv
+    return shlex.join([sys.executable.split("/")[-1], "benchmarks/run_results.py", *arguments])
+
+
+def update_rows(previous: dict, fresh: dict) -> dict:
+    """`fresh`'s rows replace the same (dataset, model) rows of `previous` where they stand; new rows join the end
+    of their data set's rows; every other row of `previous` is kept unchanged."""
+    rows = {(r["dataset"], r["model"]): r for r in previous["rows"]}
+    rows.update({(r["dataset"], r["model"]): r for r in fresh["rows"]})
+    datasets = list(dict.fromkeys(dataset for dataset, _ in rows))
+    merged = sorted(rows.values(), key=lambda row: datasets.index(row["dataset"]))  # stable: keeps each order
+    commands = previous.get("commands") or ["(earlier rows: an older run_results.py; see each run's command)"]
+    return dict(fresh, rows=merged, commands=[*commands, *fresh["commands"]])
+
+
 def fmt(stat: dict) -> str:
     text = f"{stat['mean']:.4f} ± {stat['std']:.4f}"
     if stat["ci95"]:
@@ -205,15 +227,16 @@ def fmt(stat: dict) -> str:
     return text
 
 
-def results_markdown(results: dict, args) -> str:
+def results_markdown(results: dict) -> str:
     lines = [
         "# Results",
         "",
         "Test split of the official 28×28 MedMNIST files, each run's model chosen on the validation split, mean ± std",
-        "over seeds with a 95% t-interval over seeds. Written by `benchmarks/run_results.py`:",
+        "over seeds with a 95% t-interval over seeds. Written by `benchmarks/run_results.py`"
+        + (":" if len(results["commands"]) == 1 else " (the later commands with `--update`):"),
         "",
         "```",
-        shlex.join([sys.executable.split("/")[-1], "benchmarks/run_results.py", *sys.argv[1:]]),
+        *results["commands"],
         "```",
         "",
         "| dataset | model | seeds | test ACC | test AUC | seed notebooks' ACC | beats it | val AUC | epochs "
@@ -273,11 +296,21 @@ def results_chart(results: dict, path: Path) -> None:
 def main(argv=None):
     args = parse_args(argv)
     failures = [] if args.collect_only else run_all(args)
-    results = collect(args)
+    results = dict(collect(args), commands=[this_command(argv)])
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else None
+    if args.update and previous is not None:
+        results = update_rows(previous, results)
+    elif previous is not None:
+        dropped = {(r["dataset"], r["model"]) for r in previous["rows"]} - \
+                  {(r["dataset"], r["model"]) for r in results["rows"]}
+        if dropped:
+            print(f"[warning] {out / 'results.json'} had rows this command did not collect, now dropped: "
+                  f"{', '.join('/'.join(key) for key in sorted(dropped))}. To keep them, rerun with --update.",
+                  flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "RESULTS.md").write_text(results_markdown(results, args))
+    (out / "RESULTS.md").write_text(results_markdown(results))
     if results["rows"]:
         results_chart(results, out / "results.png")
     print((out / "RESULTS.md").read_text())

@@ -137,3 +137,29 @@ def test_a_side_sweep_writes_its_table_beside_its_runs_not_over_the_projects(tmp
     assert Path(run_results.parse_args([]).results_dir) == ROOT / "results"
     explicit = run_results.parse_args(["--runs_dir", str(tmp_path), "--results_dir", str(tmp_path / "table")])
     assert Path(explicit.results_dir) == tmp_path / "table"
+
+
+def test_update_replaces_only_the_rows_it_collects_and_keeps_the_others(sweep, tmp_path, capsys):
+    """A fresh clone has no runs: --update must keep the table's other rows, and the table names both commands."""
+    root, argv = sweep
+    table = tmp_path / "table"
+    run_results.main([*argv, "--collect_only", "--results_dir", str(table)])
+    full = json.loads((table / "results.json").read_text())
+    assert [r["model"] for r in full["rows"]] == ["cnn", "vit_lsa+distilled"]
+
+    run_results.main([*argv, "--collect_only", "--results_dir", str(table), "--models", "cnn", "--seeds", "0",
+                      "--update"])
+    updated = json.loads((table / "results.json").read_text())
+    cnn, distilled = updated["rows"]
+    assert (cnn["model"], cnn["seeds"]) == ("cnn", [0])  # replaced where it stood
+    assert distilled == full["rows"][1]  # kept exactly
+    assert len(updated["commands"]) == 2 and "--update" in updated["commands"][1]
+    markdown = (table / "RESULTS.md").read_text()
+    assert updated["commands"][0] in markdown and updated["commands"][1] in markdown
+    assert "| breastmnist | vit_lsa+distilled | 2 |" in markdown
+
+    # Without --update the same command drops the other row, and says so.
+    capsys.readouterr()
+    run_results.main([*argv, "--collect_only", "--results_dir", str(table), "--models", "cnn"])
+    assert "now dropped: breastmnist/vit_lsa+distilled" in capsys.readouterr().out
+    assert [r["model"] for r in json.loads((table / "results.json").read_text())["rows"]] == ["cnn"]
