@@ -70,6 +70,10 @@ class MedViTConfig(PreTrainedConfig):
             BatchNorm after each of the convolutional tokenizer's convolutions (before the ReLU), as in the
             convolutional stems of Xiao et al. (2021), "Early Convolutions Help Transformers See Better". Needs
             `use_convolutional_tokenizer`.
+        test_time_horizontal_flip (`bool`, defaults to `False`):
+            Test-time augmentation: in eval mode, classify each image and its left-right mirror image (one forward
+            pass over both) and return the mean of their logits. Training is unchanged. Meant for models trained with
+            flips in the augmentation (the recipes' `seed` preset); doubles the cost of inference.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the truncated-normal initialisation of weights and embeddings.
     """
@@ -95,6 +99,7 @@ class MedViTConfig(PreTrainedConfig):
     use_locality_self_attention: bool = False
     use_convolutional_tokenizer: bool = False
     convolutional_tokenizer_batch_norm: bool = False
+    test_time_horizontal_flip: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

@@ -7,6 +7,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from .configuration_cnn import MedCNNConfig
 from .input_checks import prepare_pixel_values
+from .test_time_augmentation import average_over_mirror_images, with_mirror_images
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, padding: int) -> nn.Sequential:
@@ -56,8 +57,13 @@ class MedCNNForImageClassification(MedCNNPreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ImageClassifierOutput:
         pixel_values = prepare_pixel_values(pixel_values, self.config)
+        mirror = self.config.test_time_horizontal_flip and not self.training
+        if mirror:
+            pixel_values = with_mirror_images(pixel_values)
         features = self.features(pixel_values).flatten(1)
         logits = self.classifier(self.fc(features))
+        if mirror:
+            logits = average_over_mirror_images(logits)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)
 

@@ -12,6 +12,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from .configuration_vit import MedViTConfig
 from .input_checks import prepare_pixel_values
+from .test_time_augmentation import average_over_mirror_images, with_mirror_images
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -291,12 +292,18 @@ class MedViTForImageClassification(MedViTPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         pixel_values = prepare_pixel_values(pixel_values, self.config)
+        batch_size = pixel_values.shape[0]
+        mirror = self.config.test_time_horizontal_flip and not self.training
+        if mirror:
+            pixel_values = with_mirror_images(pixel_values)
         hidden_states = self.embeddings(pixel_values)
-        all_hidden_states = [hidden_states]
+        all_hidden_states = [hidden_states[:batch_size]]  # the images as given, not their mirror images
         for layer in self.layers:
             hidden_states = layer(hidden_states)
-            all_hidden_states.append(hidden_states)
+            all_hidden_states.append(hidden_states[:batch_size])
         logits = self.head(hidden_states)
+        if mirror:
+            logits = average_over_mirror_images(logits)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits,
                                      hidden_states=tuple(all_hidden_states) if output_hidden_states else None)

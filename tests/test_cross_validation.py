@@ -177,3 +177,27 @@ def test_settings_run_at_the_same_time_both_reach_the_log(cross_validation):
     assert running.returncode == 0, output
     names = [s["name"] for s in json.loads(log_path.read_text())["settings"]]
     assert {"plain", "smoothed", "copied", "late"} <= set(names)
+
+
+def test_flip_averaging_check_rebuilds_each_held_out_fold_and_refuses_other_runs(cross_validation, tmp_path, capsys):
+    import flip_averaging
+
+    root, _, _ = cross_validation
+    rows = flip_averaging.main([str(root / "runs" / "plain")])
+    assert [(r["fold"], r["checkpoint"]) for r in rows] == [("fold0", "best"), ("fold0", "last"),
+                                                            ("fold1", "best"), ("fold1", "last")]
+    for row in rows:
+        if row["checkpoint"] == "best":  # as trained: exactly what train.py measured on that fold at its best epoch
+            recorded = json.loads((root / "runs" / "plain" / row["fold"] / "all_results.json").read_text())
+            assert row["as_trained"] == pytest.approx((recorded["validation_metrics"]["acc"],
+                                                       recorded["validation_metrics"]["auc"]))
+    # (The synthetic folds are separated perfectly, flip or not; the flip itself is tested in test_models.py.)
+    assert "best: flip − as trained over 2 folds" in capsys.readouterr().out
+
+    official = tmp_path / "official" / "fold0"
+    official.mkdir(parents=True)
+    (official / "run_config.json").write_text(json.dumps({"dataset": "breastmnist", "cross_validation_folds": 0}))
+    with pytest.raises(SystemExit, match="not a cross-validation fold run"):
+        flip_averaging.main([str(official.parent)])
+    with pytest.raises(SystemExit, match="No fold<i>/run_config.json"):
+        flip_averaging.main([str(tmp_path)])
