@@ -38,7 +38,8 @@ import models
 from metrics.plots import confusion_matrix_figure
 from training import sam
 from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
-from training.distillation import DISTILLATION_TYPES, Teacher, distillation_loss
+from training.distillation import (DISTILLATION_TYPES, Teacher, check_teacher_held_out_the_same_fold,
+                                  distillation_loss)
 from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPusher, model_card, redact_argv
 from training.recipes import RECIPE_NAMES, recipe_defaults
@@ -312,6 +313,9 @@ def main(argv=None):
                     f"another configuration than this run's {args.model!r} on {args.dataset}; resume with the same "
                     "--model, --dataset and --config_overrides, or start a new --output_dir."
                 )
+        if args.teacher_model_name_or_path and args.cross_validation_folds:
+            check_teacher_held_out_the_same_fold(args.teacher_model_name_or_path, args.dataset,
+                                                 args.cross_validation_folds, args.cross_validation_fold)
         teacher = Teacher(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
         augmentation = data.AugmentationConfig.preset(args.augmentation)
         for key in ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate"):

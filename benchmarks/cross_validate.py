@@ -17,6 +17,10 @@ last-20-epoch mean is the figure to compare: the best epoch's AUC is a maximum o
 noisy settings.
 
 `--collect_only` records finished folds without training; with no name it only prints the log and redraws the chart.
+
+Distillation: each fold's student must learn from a teacher trained on that fold's training part (train.py refuses
+any other, which has seen the held-out images): cross-validate the teacher first, then pass
+`--teacher_model_name_or_path runs/cv/<teacher setting>/fold{fold}/best` in `--train_args`.
 """
 
 import argparse
@@ -39,7 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("log", type=Path, help="The cross-validation log (JSON) to add to; created when absent.")
     parser.add_argument("name", nargs="?", help="The setting's name (its runs go to <runs_dir>/<name>/fold<i>).")
     parser.add_argument("--train_args", default="", help="train.py arguments of the setting, e.g. '--model vit_lsa "
-                                                         "--dataset breastmnist --augmentation seed'.")
+                                                         "--dataset breastmnist --augmentation seed'; {fold} becomes "
+                                                         "the fold's index (e.g. --teacher_model_name_or_path "
+                                                         "runs/cv/<teacher>/fold{fold}/best).")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="train.py --seed of every fold.")
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "medmnist"))
@@ -63,7 +69,8 @@ def fold_dir(args, fold: int) -> Path:
 
 
 def fold_command(args, fold: int) -> list[str]:
-    return [*shlex.split(args.launch), str(ROOT / "train.py"), *shlex.split(args.train_args),
+    train_args = args.train_args.replace("{fold}", str(fold))  # e.g. each fold's own teacher
+    return [*shlex.split(args.launch), str(ROOT / "train.py"), *shlex.split(train_args),
             "--data_dir", args.data_dir, "--seed", str(args.seed), "--cross_validation_folds", str(args.folds),
             "--cross_validation_fold", str(fold), "--output_dir", str(fold_dir(args, fold)), "--report_to", "none",
             "--checkpoints_total_limit", "1"]

@@ -201,3 +201,30 @@ def test_flip_averaging_check_rebuilds_each_held_out_fold_and_refuses_other_runs
         flip_averaging.main([str(official.parent)])
     with pytest.raises(SystemExit, match="No fold<i>/run_config.json"):
         flip_averaging.main([str(tmp_path)])
+
+
+def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_validation, tmp_path):
+    import shutil
+    import subprocess
+
+    root, _, common = cross_validation
+    teachers = root / "runs" / "plain"
+    train_args = f"{TRAIN_ARGS} --teacher_model_name_or_path {teachers}/fold{{fold}}/best --distillation_type soft"
+    assert cross_validate.main([str(tmp_path / "cv.json"), "distilled", "--train_args", train_args, *common]) == 0
+    for fold in range(2):
+        result = json.loads((root / "runs" / "distilled" / f"fold{fold}" / "all_results.json").read_text())
+        assert result["teacher"] == str(teachers / f"fold{fold}" / "best")
+
+    # Fold 1's teacher for fold 0, or a teacher with no record of its split: refused before anything is written.
+    shutil.copytree(teachers / "fold0" / "best", tmp_path / "unknown" / "best")
+    for teacher, message in ((teachers / "fold1" / "best", "--cross_validation_fold 1, not --dataset breastmnist "
+                                                            "--cross_validation_folds 2 --cross_validation_fold 0"),
+                             (tmp_path / "unknown" / "best", "there is no run_config.json beside it")):
+        output_dir = tmp_path / f"refused-{teacher.parent.name}"
+        command = [sys.executable, "train.py", *TRAIN_ARGS.split(), "--data_dir", str(root / "data"),
+                   "--cross_validation_folds", "2", "--cross_validation_fold", "0", "--output_dir", str(output_dir),
+                   "--teacher_model_name_or_path", str(teacher)]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
+        assert not output_dir.exists()

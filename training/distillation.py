@@ -10,6 +10,9 @@ their size as T changes. A convolutional teacher hands its locality prior to a V
 predictions, which is what a ViT trained on a few hundred images lacks.
 """
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageClassification
@@ -53,6 +56,27 @@ class Teacher:
             inputs = F.interpolate(inputs, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False, antialias=True)
         return self.model(pixel_values=inputs).logits.float()
+
+
+def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds: int, fold: int) -> None:
+    """A cross-validation fold run may only learn from a teacher trained on the same fold's training part: any other
+    teacher (the official splits, another fold) has seen this fold's held-out images, and its predictions would leak
+    them into the student's validation figures. Checked against the `run_config.json` that train.py writes beside
+    `best` and `last`; a ValueError says what is wrong otherwise."""
+    run_config = Path(name_or_path).parent / "run_config.json"
+    wanted = f"--dataset {dataset} --cross_validation_folds {folds} --cross_validation_fold {fold}"
+    fix = (f"Use a teacher that train.py trained with {wanted}, e.g. runs/cv/<teacher setting>/fold{fold}/best "
+           "(in benchmarks/cross_validate.py --train_args, write fold{fold} and each fold gets its own).")
+    if not run_config.is_file():
+        raise ValueError(f"--teacher_model_name_or_path {name_or_path!r} for cross-validation fold {fold}: there is no "
+                         f"run_config.json beside it, so nothing shows that it never saw this fold's held-out "
+                         f"images. {fix}")
+    config = json.loads(run_config.read_text())
+    found = (config.get("dataset"), config.get("cross_validation_folds") or 0, config.get("cross_validation_fold"))
+    if found != (dataset, folds, fold):
+        raise ValueError(f"--teacher_model_name_or_path {name_or_path!r} was trained with --dataset {found[0]} "
+                         f"--cross_validation_folds {found[1]} --cross_validation_fold {found[2]}, not {wanted}: it "
+                         f"has seen this fold's held-out images. {fix}")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float,
