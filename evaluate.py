@@ -82,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--bootstrap_samples", type=int, default=1000,
         help="Resamples for the 95%% intervals of ACC and AUC (default 1000; 0 skips them).")
     add("--seed", type=int, default=42, help="Seed of the bootstrap resampling (default 42, train.py's default, so "
-                                             "that the test metrics of a training run are reproduced exactly).")
+                                             "that the test metrics of a training run are reproduced, to float "
+                                             "rounding).")
     args = parser.parse_args(argv)
 
     args.split = SPLIT_ALIASES.get(args.split, args.split)

@@ -217,7 +217,7 @@ def update_rows(previous: dict, fresh: dict) -> dict:
     datasets = list(dict.fromkeys(dataset for dataset, _ in rows))
     merged = sorted(rows.values(), key=lambda row: datasets.index(row["dataset"]))  # stable: keeps each order
     commands = previous.get("commands") or ["(earlier rows: an older run_results.py; see each run's command)"]
-    return dict(fresh, rows=merged, commands=[*commands, *fresh["commands"]])
+    return dict(fresh, rows=merged, commands=list(dict.fromkeys([*commands, *fresh["commands"]])))  # once each
 
 
 def fmt(stat: dict) -> str:
@@ -271,7 +271,8 @@ def results_chart(results: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     datasets = sorted({r["dataset"] for r in results["rows"]})
-    figure = Figure(figsize=(5 * max(len(datasets), 1), 4), layout="constrained")
+    most_rows = max([sum(r["dataset"] == d for r in results["rows"]) for d in datasets] or [1])
+    figure = Figure(figsize=(max(5, 1.3 * most_rows) * max(len(datasets), 1), 4), layout="constrained")
     for i, dataset in enumerate(datasets):
         axis = figure.add_subplot(1, len(datasets), i + 1)
         rows = [r for r in results["rows"] if r["dataset"] == dataset]
@@ -284,8 +285,8 @@ def results_chart(results: dict, path: Path) -> None:
                      zorder=3, label="seed notebooks' ACC")
         for (name, (acc, _)), style in zip(PUBLISHED.get(dataset, {}).items(), ("--", ":", "-.")):
             axis.axhline(acc, linestyle=style, linewidth=0.9, color="gray", label=f"{name}: ACC {acc:.3f}")
-        labels = [f"{r['model'].replace(DISTILLED, ' +distilled')}\n{', '.join(map(str, r['num_epochs']))} epochs"
-                  for r in rows]
+        model_names = [r["model"].replace(DISTILLED, "\n+distilled") for r in rows]  # own line: narrow bars
+        labels = [f"{name}\n{', '.join(map(str, r['num_epochs']))} epochs" for name, r in zip(model_names, rows)]
         axis.set_xticks(list(x), labels)
         axis.set_ylim(0.5, 1.0)
         axis.set_title(dataset)

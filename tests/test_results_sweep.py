@@ -157,6 +157,9 @@ def test_update_replaces_only_the_rows_it_collects_and_keeps_the_others(sweep, t
     markdown = (table / "RESULTS.md").read_text()
     assert updated["commands"][0] in markdown and updated["commands"][1] in markdown
     assert "| breastmnist | vit_lsa+distilled | 2 |" in markdown
+    run_results.main([*argv, "--collect_only", "--results_dir", str(table), "--models", "cnn", "--seeds", "0",
+                      "--update"])  # the same command again (e.g. to redraw the chart) is listed once
+    assert json.loads((table / "results.json").read_text())["commands"] == updated["commands"]
 
     # Without --update the same command drops the other row, and says so.
     capsys.readouterr()
