@@ -13,6 +13,7 @@ import torch
 
 import data
 import models
+from metric_comparison import assert_same
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hf_secretTOKEN0123456789"
@@ -101,25 +102,8 @@ def test_evaluate_py_on_best_reproduces_the_runs_test_metrics(short_run, data_di
     run([sys.executable, "evaluate.py", "--model_name_or_path", str(output_dir / "best"), "--dataset", "breastmnist",
          "--data_dir", str(data_dir), "--no_verify_checksum", "--seed", "42"])
     evaluated = json.loads((output_dir / "best-eval-test" / "metrics.json").read_text())["metrics"]
-    assert_same_metrics(evaluated, read_results(output_dir)["test_metrics"])
+    assert_same(evaluated, read_results(output_dir)["test_metrics"])
 
-
-def assert_same_metrics(ours, theirs, where="metrics"):
-    """Equal structure, equal strings and integers; floats equal to float rounding. On an AVX-512 / AMX CPU
-    oneDNN's kernels may round a model's scores differently in two processes (the ECE of one run differed in its
-    10th digit), so exact float equality would test the CPU, not the code."""
-    if isinstance(ours, dict):
-        assert ours.keys() == theirs.keys(), where
-        for key in ours:
-            assert_same_metrics(ours[key], theirs[key], f"{where}.{key}")
-    elif isinstance(ours, list):
-        assert len(ours) == len(theirs), where
-        for index, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same_metrics(a, b, f"{where}[{index}]")
-    elif isinstance(ours, float):
-        assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-9), where
-    else:
-        assert ours == theirs, where
 
 
 def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
