@@ -43,11 +43,13 @@ def fold_metrics(checkpoint: Path, split, info, accelerator: Accelerator) -> dic
     _, processor = load_checkpoint_description(str(checkpoint), None)
     height, _, mean, std = processor_geometry(processor)
     transform = data.BatchTransform(data.AugmentationConfig.preset("none"), height or info.size, mean, std)
+    transform.to(accelerator.device)
     model = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True)
+    model.to(accelerator.device)  # the split's images live there (a GPU when there is one)
     results = {}
     for flip in (False, True):
         model.config.test_time_horizontal_flip = flip
-        scores, labels = metrics.predict(model, split, transform.to(accelerator.device), accelerator, 512, info.task,
+        scores, labels = metrics.predict(model, split, transform, accelerator, 512, info.task,
                                          desc=f"{checkpoint.parent.name}/{checkpoint.name}, flip {flip}")
         computed = metrics.compute_metrics(scores, labels, info.task, bootstrap_samples=0)
         results[flip] = (computed["acc"], computed["auc"])
