@@ -45,14 +45,12 @@ from accelerate.logging import get_logger
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers import AutoModelForImageClassification
 
 import data
 import metrics
 from data.medmnist_files import check_flag_and_size
 from metrics import plots
-from models.checkpoint_fit import (CheckpointError, check_checkpoint_fits, load_checkpoint_description,
-                                   processor_geometry)
+from models.checkpoint_fit import CheckpointError, load_for_inference
 
 logger = get_logger(__name__)
 
@@ -165,21 +163,17 @@ def main(argv=None) -> dict | None:
                        "metrics.json shows checksum_verified: true.\n" + "!" * 100)
 
     # 1. What the checkpoint expects and what the data set is, checked against each other before any inference.
-    config, processor = load_checkpoint_description(args.model_name_or_path, args.revision)
     with accelerator.main_process_first():  # one process converts / downloads, the others read its cache
         dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
                                      verify_checksum=not args.no_verify_checksum)
     info = data.medmnist_info(dataset)
-    check_checkpoint_fits(config, processor, info, name=f"The checkpoint {args.model_name_or_path!r}")
+    checkpoint = load_for_inference(args.model_name_or_path, info, args.revision)
     metrics.load_metrics(info.task)  # the local evaluate modules, on every process: a loading problem shows up now
 
     # 2. The model (no DDP wrapper: inference needs no gradient synchronisation) and the processor's transform.
-    model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path, revision=args.revision,
-                                                            trust_remote_code=True)
-    model.to(accelerator.device)
-    height, _, mean, std = processor_geometry(processor)
-    transform = data.BatchTransform(data.AugmentationConfig.preset("none"), height or info.size, mean, std)
-    transform.to(accelerator.device)
+    config, model = checkpoint.config, checkpoint.model.to(accelerator.device)
+    transform = data.BatchTransform(data.AugmentationConfig.preset("none"), checkpoint.image_size, checkpoint.mean,
+                                    checkpoint.std).to(accelerator.device)
     split = data.DeviceSplit.from_dataset(dataset[args.split], accelerator.device)
     logger.info(f"Evaluating {args.model_name_or_path} ({config.model_type}) on {info.flag} {args.split}: "
                 f"{len(split)} images on {accelerator.num_processes} process(es), "

@@ -18,21 +18,22 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import AutoModelForImageClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's own modules, when run as a script
 import data  # noqa: E402
 import metrics  # noqa: E402
-from models.checkpoint_fit import load_checkpoint_description, processor_geometry  # noqa: E402
+from models.checkpoint_fit import load_for_inference  # noqa: E402
 
 
-def held_out_fold(run_dir: Path, accelerator: Accelerator):
-    """(DeviceSplit of the fold's held-out images, MedMNIST info) as `train.py --cross_validation_fold` saw them."""
+def held_out_fold(run_dir: Path, accelerator: Accelerator, data_dir: str | None = None):
+    """(DeviceSplit of the fold's held-out images, MedMNIST info) as `train.py --cross_validation_fold` saw them.
+    `data_dir`: the npz folder, if not the one run_config.json names (a relative one there is relative to the folder
+    training was started from)."""
     config = json.loads((run_dir / "run_config.json").read_text())
     if not config.get("cross_validation_folds"):
         sys.exit(f"{run_dir} is not a cross-validation fold run (run_config.json has no cross_validation_folds): "
                  "this check must not read the official validation or test split.")
-    dataset = data.load_medmnist(config["dataset"], size=config["image_size"], data_dir=config["data_dir"],
+    dataset = data.load_medmnist(config["dataset"], size=config["image_size"], data_dir=data_dir or config["data_dir"],
                                  verify_checksum=not config.get("no_verify_checksum", False))
     dataset = data.cross_validation_split(dataset, config["cross_validation_folds"], config["cross_validation_fold"])
     return data.DeviceSplit.from_dataset(dataset["validation"], accelerator.device), data.medmnist_info(dataset)
@@ -40,12 +41,10 @@ def held_out_fold(run_dir: Path, accelerator: Accelerator):
 
 def fold_metrics(checkpoint: Path, split, info, accelerator: Accelerator) -> dict[bool, tuple[float, float]]:
     """{flip: (ACC, AUC)} of one saved model on `split`, without and with test-time flip averaging."""
-    _, processor = load_checkpoint_description(str(checkpoint), None)
-    height, _, mean, std = processor_geometry(processor)
-    transform = data.BatchTransform(data.AugmentationConfig.preset("none"), height or info.size, mean, std)
-    transform.to(accelerator.device)
-    model = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True)
-    model.to(accelerator.device)  # the split's images live there (a GPU when there is one)
+    loaded = load_for_inference(str(checkpoint), info)
+    transform = data.BatchTransform(data.AugmentationConfig.preset("none"), loaded.image_size, loaded.mean,
+                                    loaded.std).to(accelerator.device)
+    model = loaded.model.to(accelerator.device)  # the split's images live there (a GPU when there is one)
     results = {}
     for flip in (False, True):
         model.config.test_time_horizontal_flip = flip
@@ -59,6 +58,9 @@ def fold_metrics(checkpoint: Path, split, info, accelerator: Accelerator) -> dic
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setting_dir", type=Path, help="A cross_validate.py setting folder with fold0, fold1, ...")
+    parser.add_argument("--data_dir", default=None,
+                        help="The folder with the official npz files, if not the runs' own data_dir (which, when "
+                             "relative, is relative to the folder the runs were started from).")
     args = parser.parse_args(argv)
     folds = sorted(args.setting_dir.glob("fold*/run_config.json"))
     if not folds:
@@ -68,7 +70,7 @@ def main(argv=None):
     rows = []
     print("fold | checkpoint | ACC / AUC as trained | with flip averaging")
     for config_path in folds:
-        split, info = held_out_fold(config_path.parent, accelerator)
+        split, info = held_out_fold(config_path.parent, accelerator, args.data_dir)
         for which in ("best", "last"):
             result = fold_metrics(config_path.parent / which, split, info, accelerator)
             rows.append({"fold": config_path.parent.name, "checkpoint": which, "as_trained": result[False],

@@ -1,9 +1,12 @@
 """Whether a trained checkpoint fits a MedMNIST data set: its channels, labels, task and input geometry.
 
-Shared by `evaluate.py` (the model under evaluation) and `train.py` (a distillation teacher).
+Shared by `evaluate.py` (the model under evaluation), `train.py` (a distillation teacher) and
+`benchmarks/flip_averaging.py`: `load_for_inference` is the one way they load a trained model.
 """
 
-from transformers import AutoConfig, AutoImageProcessor
+from dataclasses import dataclass
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 
 
 class CheckpointError(ValueError):
@@ -68,3 +71,32 @@ def check_checkpoint_fits(config, processor, info, name: str = "The checkpoint")
             + f"\nEvaluate it on the data set it was trained on, or train a model for {info.flag} "
             f"(train.py --dataset {info.flag})."
         )
+
+
+@dataclass
+class InferenceCheckpoint:
+    """A trained model loaded for a data set it fits, and the input its image processor prescribes.
+
+    Args:
+        config: the checkpoint's config.
+        model: the model (`from_pretrained(trust_remote_code=True)`), on the CPU, in eval mode.
+        image_size: the side, in pixels, of the square inputs it takes (the processor's resize, else the file's size).
+        mean, std: the per-channel normalisation `(x - mean) / std` of [0, 1] pixels it was trained with.
+    """
+
+    config: PreTrainedConfig
+    model: PreTrainedModel
+    image_size: int
+    mean: list[float]
+    std: list[float]
+
+
+def load_for_inference(name_or_path: str, info, revision: str | None = None,
+                       name: str | None = None) -> InferenceCheckpoint:
+    """Check that the checkpoint fits the data set `info` describes (`CheckpointError` lists every way it does not),
+    then load its weights. `name` is how error messages call it (default: "The checkpoint '<name_or_path>'")."""
+    config, processor = load_checkpoint_description(name_or_path, revision)
+    check_checkpoint_fits(config, processor, info, name=name or f"The checkpoint {name_or_path!r}")
+    model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision, trust_remote_code=True)
+    height, _, mean, std = processor_geometry(processor)
+    return InferenceCheckpoint(config, model.eval(), height or info.size, mean, std)

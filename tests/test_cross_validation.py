@@ -194,6 +194,15 @@ def test_flip_averaging_check_rebuilds_each_held_out_fold_and_refuses_other_runs
     # (The synthetic folds are separated perfectly, flip or not; the flip itself is tested in test_models.py.)
     assert "best: flip − as trained over 2 folds" in capsys.readouterr().out
 
+    # --data_dir: the runs' own data folder gone (moved), the same figures from the folder named instead.
+    import shutil
+    recorded_dir = Path(json.loads((root / "runs" / "plain" / "fold0" / "run_config.json").read_text())["data_dir"])
+    moved = shutil.move(recorded_dir, tmp_path / "moved_data")
+    try:
+        assert flip_averaging.main([str(root / "runs" / "plain"), "--data_dir", str(moved)]) == rows
+    finally:
+        shutil.move(moved, recorded_dir)
+
     official = tmp_path / "official" / "fold0"
     official.mkdir(parents=True)
     (official / "run_config.json").write_text(json.dumps({"dataset": "breastmnist", "cross_validation_folds": 0}))

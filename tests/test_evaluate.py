@@ -207,8 +207,9 @@ def test_checkpoint_that_does_not_fit_is_refused_before_any_output(workspace, in
     assert not output_dir.exists()
 
 
-def test_fit_check_catches_input_size_label_names_and_problem_type(script, workspace, tmp_path):
+def test_fit_check_catches_input_size_label_names_and_problem_type(workspace, tmp_path):
     import data
+    from models.checkpoint_fit import CheckpointError, check_checkpoint_fits
     from transformers import AutoConfig, AutoImageProcessor
 
     info = data.medmnist_info(FLAG)
@@ -221,12 +222,11 @@ def test_fit_check_catches_input_size_label_names_and_problem_type(script, works
         kwargs = {"label_names": LABEL_NAMES, **TINY_VIT, **change}
         folder = save_checkpoint(tmp_path / expected[:10], "vit", 3, 8, **kwargs)
         config, processor = AutoConfig.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
-        with pytest.raises(script.CheckpointError, match=expected):
-            script.check_checkpoint_fits(config, processor, info)
+        with pytest.raises(CheckpointError, match=expected):
+            check_checkpoint_fits(config, processor, info)
     # Unnamed labels (transformers' LABEL_i) are accepted; so is the original checkpoint.
     for folder in (save_checkpoint(tmp_path / "unnamed", "vit", 3, 8, **TINY_VIT), workspace["checkpoint"]):
-        script.check_checkpoint_fits(AutoConfig.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder),
-                                     info)
+        check_checkpoint_fits(AutoConfig.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder), info)
 
 
 @pytest.mark.parametrize("change, message", [

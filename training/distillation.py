@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForImageClassification
 
-from models.checkpoint_fit import check_checkpoint_fits, load_checkpoint_description, processor_geometry
+from models.checkpoint_fit import load_for_inference
 
 DISTILLATION_TYPES = ("hard", "soft")
 
@@ -32,12 +31,9 @@ class Teacher:
     """
 
     def __init__(self, name_or_path: str, info):
-        config, processor = load_checkpoint_description(name_or_path, None)
-        check_checkpoint_fits(config, processor, info, name=f"The teacher {name_or_path!r}")
-        self.model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=True)
-        self.model.eval().requires_grad_(False)
-        height, _, self.mean, self.std = processor_geometry(processor)
-        self.image_size = height or info.size
+        checkpoint = load_for_inference(name_or_path, info, name=f"The teacher {name_or_path!r}")
+        self.model = checkpoint.model.requires_grad_(False)
+        self.image_size, self.mean, self.std = checkpoint.image_size, checkpoint.mean, checkpoint.std
         self.scale = self.shift = None
 
     def adapt_inputs(self, student_mean, student_std, device: torch.device) -> "Teacher":
