@@ -272,7 +272,7 @@ def results_chart(results: dict, path: Path) -> None:
 
     datasets = sorted({r["dataset"] for r in results["rows"]})
     most_rows = max([sum(r["dataset"] == d for r in results["rows"]) for d in datasets] or [1])
-    figure = Figure(figsize=(max(5, 1.3 * most_rows) * max(len(datasets), 1), 4), layout="constrained")
+    figure = Figure(figsize=(max(5, 1.3 * most_rows) * max(len(datasets), 1), 4.8), layout="constrained")
     for i, dataset in enumerate(datasets):
         axis = figure.add_subplot(1, len(datasets), i + 1)
         rows = [r for r in results["rows"] if r["dataset"] == dataset]
@@ -290,7 +290,8 @@ def results_chart(results: dict, path: Path) -> None:
         axis.set_xticks(list(x), labels)
         axis.set_ylim(0.5, 1.0)
         axis.set_title(dataset)
-        axis.legend(fontsize=7, loc="lower left")
+        # Below the axes: inside, it hid the first bars.
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, frameon=False)
     figure.savefig(path, dpi=120)
 
 
