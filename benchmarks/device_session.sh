@@ -3,7 +3,9 @@
 #   1. issue 7: benchmarks/throughput.py on the GPU (ours vs the vit-pytorch anchor, bf16 and fp32);
 #   2. issue 7: the seed's BloodMNIST ViT + SPT + LSA recipe (50 epochs), timed end to end;
 #   3. issue 6: the BloodMNIST ViT rows (vit_conv_lsa, vit, vit_lsa × seeds 0 1 2, default recipe, bf16) through
-#      benchmarks/run_results.py, nine runs at once on the one GPU (SWEEP_MODELS to choose fewer).
+#      benchmarks/run_results.py, nine runs at once on the one GPU (SWEEP_MODELS to choose others: e.g.
+#      SWEEP_MODELS="cnn vit_conv_lsa+distilled" trains the CNN teachers, then the students distilled from them with
+#      DISTILLATION_ARGS, default soft T 2 as on BreastMNIST).
 # Everything comes back as one archive, $OUT/device_results.tar.gz (the device tool returns at most 8 files).
 #
 # Before the call, on the development machine, from the repository root (once):
@@ -64,7 +66,8 @@ SWEEP_MODELS="${SWEEP_MODELS:-vit_conv_lsa vit vit_lsa}"
 echo "== 3. BloodMNIST ViT rows (default recipe): $SWEEP_MODELS, three seeds each, all at once"
 timeout "${SWEEP_S:-330}" $PYTHON benchmarks/run_results.py --datasets bloodmnist --models $SWEEP_MODELS \
     --seeds 0 1 2 --jobs $(( 3 * $(wc -w <<< "$SWEEP_MODELS") )) --data_dir .devdata --runs_dir "$WORK/runs" --results_dir "$WORK/results" \
-    --launch "$LAUNCH" --train_args "--report_to none --checkpoints_total_limit 1 $EXTRA" 2>&1 | tail -n 40
+    --launch "$LAUNCH" --train_args "--report_to none --checkpoints_total_limit 1 $EXTRA" \
+    --distillation_args "${DISTILLATION_ARGS:---distillation_type soft --distillation_temperature 2}" 2>&1 | tail -n 40
 
 # Bring back the records, not the weights.
 tar czf "$OUT/device_results.tar.gz" -C "$WORK" --exclude='*.safetensors' --exclude='checkpoints' --exclude='hf-cache' \
