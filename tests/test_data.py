@@ -461,6 +461,10 @@ def _shard_worker(out_dir: str) -> None:
     evaluation = accelerator.prepare(index_loader(SHARD_N, SHARD_BATCH, shuffle=False, seed=0))
     result["eval_gathered"] = torch.cat([accelerator.gather_for_metrics(b) for b in evaluation]).tolist()
     Path(out_dir, f"rank{accelerator.process_index}.json").write_text(json.dumps(result))
+    # Leave together and close the process group: a rank that exits while gloo's threads still run aborts
+    # ("terminate called without an active exception"), as train.py and evaluate.py never do.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def test_sharding_two_processes(tmp_path):
