@@ -6,7 +6,8 @@ Shared by `evaluate.py` (the model under evaluation), `train.py` (a distillation
 
 from dataclasses import dataclass
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedConfig,
+                          PreTrainedModel)
 
 
 class CheckpointError(ValueError):

@@ -105,7 +105,6 @@ def test_evaluate_py_on_best_reproduces_the_runs_test_metrics(short_run, data_di
     assert_same(evaluated, read_results(output_dir)["test_metrics"])
 
 
-
 def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
