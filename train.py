@@ -38,8 +38,8 @@ import models
 from metrics.plots import confusion_matrix_figure
 from training import sam
 from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
-from training.distillation import (DISTILLATION_TYPES, Teacher, check_teacher_held_out_the_same_fold,
-                                  distillation_loss)
+from training.distillation import (DISTILLATION_TYPES, TeacherEnsemble, check_teacher_held_out_the_same_fold,
+                                  distillation_loss, teacher_record)
 from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPusher, model_card, redact_argv
 from training.recipes import RECIPE_NAMES, recipe_defaults
@@ -126,9 +126,10 @@ def parse_args(argv=None):
     add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")
     add("--translate", type=float, default=None,
         help="Override the preset's random shift, as a fraction of the side (0.1: up to ±2.8 px at 28 px).")
-    add("--teacher_model_name_or_path", default=None,
+    add("--teacher_model_name_or_path", nargs="+", default=None,
         help="Distil from this trained model (a runs/<run>/best folder or Hub id, trained on the same data set): "
-             "the loss becomes (1 - alpha) * task loss + alpha * distillation loss (training/distillation.py).")
+             "the loss becomes (1 - alpha) * task loss + alpha * distillation loss (training/distillation.py). "
+             "Several: they teach as one, the mean of their logits (an ensemble, e.g. CNNs of several seeds).")
     add("--distillation_type", choices=DISTILLATION_TYPES, default="hard",
         help="hard: cross-entropy on the teacher's predicted class (DeiT); soft: KL on softmax(logits / T).")
     add("--distillation_alpha", type=float, default=0.5, help="Weight of the distillation loss, in [0, 1].")
@@ -314,9 +315,10 @@ def main(argv=None):
                     "--model, --dataset and --config_overrides, or start a new --output_dir."
                 )
         if args.teacher_model_name_or_path and args.cross_validation_folds:
-            check_teacher_held_out_the_same_fold(args.teacher_model_name_or_path, args.dataset,
-                                                 args.cross_validation_folds, args.cross_validation_fold)
-        teacher = Teacher(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
+            for teacher_path in args.teacher_model_name_or_path:
+                check_teacher_held_out_the_same_fold(teacher_path, args.dataset, args.cross_validation_folds,
+                                                     args.cross_validation_fold)
+        teacher = TeacherEnsemble(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
         augmentation = data.AugmentationConfig.preset(args.augmentation)
         for key in ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate"):
             if getattr(args, key) is not None:
@@ -447,7 +449,7 @@ def main(argv=None):
         best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
         return {
             "model_name": args.model, "selection_metric": args.selection_metric, "best_epoch": state["best_epoch"],
-            "teacher": args.teacher_model_name_or_path,
+            "teacher": teacher_record(args.teacher_model_name_or_path),
             "validation_metrics": best["metrics"] if best else None, "test_metrics": test_metrics,
             "dataset": {**dataclasses.asdict(info), "license_id": "cc-by-4.0"}, "command": command, "hardware": hardware,
             "wall_clock_seconds": time.time() - started,

@@ -224,7 +224,8 @@ def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_v
         result = json.loads((root / "runs" / "distilled" / f"fold{fold}" / "all_results.json").read_text())
         assert result["teacher"] == str(teachers / f"fold{fold}" / "best")
 
-    # Fold 1's teacher for fold 0, or a teacher with no record of its split: refused before anything is written.
+    # Fold 1's teacher for fold 0, or a teacher with no record of its split, even beside fold 0's own teacher (each
+    # member of an ensemble is checked): refused before anything is written.
     shutil.copytree(teachers / "fold0" / "best", tmp_path / "unknown" / "best")
     for teacher, message in ((teachers / "fold1" / "best", "--cross_validation_fold 1, not --dataset breastmnist "
                                                             "--cross_validation_folds 2 --cross_validation_fold 0"),
@@ -232,7 +233,7 @@ def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_v
         output_dir = tmp_path / f"refused-{teacher.parent.name}"
         command = [sys.executable, "train.py", *TRAIN_ARGS.split(), "--data_dir", str(root / "data"),
                    "--cross_validation_folds", "2", "--cross_validation_fold", "0", "--output_dir", str(output_dir),
-                   "--teacher_model_name_or_path", str(teacher)]
+                   "--teacher_model_name_or_path", str(teachers / "fold0" / "best"), str(teacher)]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2, result.stderr[-2000:]
         assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]

@@ -11,9 +11,8 @@ from safetensors.torch import load_file
 import data
 import models
 from tiny_runs import train_tiny_vit
-from training.distillation import Teacher, distillation_loss
+from training.distillation import Teacher, TeacherEnsemble, distillation_loss
 from training.hub import model_card
-
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +37,22 @@ def test_teacher_sees_the_batch_normalised_with_its_own_statistics(tmp_path, inf
     expected = teacher.model(pixel_values=(images - 0.3) / 0.2).logits
     torch.testing.assert_close(teacher(student_inputs), expected, rtol=1e-4, atol=1e-5)
     assert not any(p.requires_grad for p in teacher.model.parameters())
+
+
+def test_an_ensemble_of_teachers_gives_the_mean_of_their_logits(tmp_path, info):
+    first = str(save_teacher(tmp_path / "first", 2, info.label_names, seed=1))
+    second = str(save_teacher(tmp_path / "second", 2, info.label_names, mean=(0.6,), std=(0.3,), seed=2))
+    student_inputs = torch.randn(6, 1, 28, 28)
+    cpu = torch.device("cpu")
+    members = [Teacher(path, info).adapt_inputs([0.5], [0.25], cpu) for path in (first, second)]
+    ensemble = TeacherEnsemble([first, second], info).adapt_inputs([0.5], [0.25], cpu)
+    expected = (members[0](student_inputs) + members[1](student_inputs)) / 2
+    assert not torch.allclose(members[0](student_inputs), members[1](student_inputs))
+    torch.testing.assert_close(ensemble(student_inputs), expected)
+    alone = TeacherEnsemble([first], info).adapt_inputs([0.5], [0.25], cpu)
+    torch.testing.assert_close(alone(student_inputs), members[0](student_inputs))
+    with pytest.raises(ValueError, match="at least one"):
+        TeacherEnsemble([], info)
 
 
 def test_hard_distillation_is_cross_entropy_on_the_teachers_class():
@@ -94,3 +109,15 @@ def test_the_teachers_predictions_enter_the_loss_with_weight_alpha(tmp_path, dat
     assert any(not torch.equal(plain[k], distilled[k]) for k in plain)
     assert results["teacher"] == teacher and results["config"]["distillation_alpha"] == 1.0
     assert f"Distilled from the teacher `{teacher}`" in model_card(results)
+
+
+def test_several_teachers_teach_as_one_and_are_all_recorded(tmp_path, data_dir, info):
+    first = str(save_teacher(tmp_path / "first", 2, info.label_names, seed=1))
+    second = str(save_teacher(tmp_path / "second", 2, info.label_names, seed=2))
+    soft = ("--distillation_alpha", "1", "--distillation_type", "soft")
+    one, _ = train_and_load(data_dir, tmp_path / "one", "--teacher_model_name_or_path", first, *soft)
+    both, results = train_and_load(data_dir, tmp_path / "both", "--teacher_model_name_or_path", first, second, *soft)
+    assert any(not torch.equal(one[k], both[k]) for k in one)  # the second teacher changed what was learnt
+    assert results["teacher"] == [first, second]
+    assert results["config"]["teacher_model_name_or_path"] == [first, second]
+    assert f"the teachers `{first}`, `{second}`" in model_card(results)

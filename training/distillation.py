@@ -7,7 +7,8 @@ The student learns from the labels and from a frozen teacher's predictions on th
 `hard`: cross-entropy against the teacher's predicted class (DeiT's choice: it beat soft targets there).
 `soft`: KL divergence between the softened distributions, softmax(z / T), scaled by T² so that gradients keep
 their size as T changes. A convolutional teacher hands its locality prior to a ViT student through its
-predictions, which is what a ViT trained on a few hundred images lacks.
+predictions, which is what a ViT trained on a few hundred images lacks. Several teachers (e.g. CNNs of several
+seeds) teach as one: the mean of their logits, which is steadier than any one of them.
 """
 
 import json
@@ -52,6 +53,38 @@ class Teacher:
             inputs = F.interpolate(inputs, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False, antialias=True)
         return self.model(pixel_values=inputs).logits.float()
+
+
+class TeacherEnsemble:
+    """Several `Teacher`s whose logits are averaged; with one, exactly that teacher.
+
+    Args:
+        names_or_paths: one or more `save_pretrained` folders or Hub ids (each as `Teacher` takes it).
+        info: the `MedMNISTInfo` of the data set, which every teacher must fit.
+    """
+
+    def __init__(self, names_or_paths: list[str], info):
+        if not names_or_paths:
+            raise ValueError("--teacher_model_name_or_path needs at least one trained model.")
+        self.members = [Teacher(name_or_path, info) for name_or_path in names_or_paths]
+
+    def adapt_inputs(self, student_mean, student_std, device: torch.device) -> "TeacherEnsemble":
+        for member in self.members:
+            member.adapt_inputs(student_mean, student_std, device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The members' mean logits (float32) for a batch of student inputs."""
+        return torch.stack([member(pixel_values) for member in self.members]).mean(dim=0)
+
+
+def teacher_record(names_or_paths: list[str] | None) -> str | list[str] | None:
+    """What a run's results record as its teacher: the one path as a string (as runs with one teacher always have),
+    the list when several teach."""
+    if not names_or_paths:
+        return None
+    return names_or_paths[0] if len(names_or_paths) == 1 else list(names_or_paths)
 
 
 def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds: int, fold: int) -> None:

@@ -41,9 +41,12 @@ def _format_metric(metrics: dict | None, name: str) -> str:
     return text
 
 
-def _distillation_note(teacher: str | None) -> str:
+def _distillation_note(teacher: str | list[str] | None) -> str:
     if not teacher:
         return ""
+    if isinstance(teacher, list):
+        names = ", ".join(f"`{name}`" for name in teacher)
+        return f"\nDistilled from the mean logits of the teachers {names} (`--teacher_model_name_or_path`).\n"
     return f"\nDistilled from the teacher `{teacher}` (`--teacher_model_name_or_path`).\n"
 
 
