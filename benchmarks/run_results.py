@@ -6,7 +6,8 @@
 
 A model name with the suffix `+distilled` (e.g. `vit_lsa+distilled`) trains that model distilled from the sweep's own
 CNN of the same data set and seed (`--teacher_model_name_or_path <runs_dir>/<dataset>-cnn-seed<k>/best`, extra
-settings in `--distillation_args`); those runs start after every plain run has finished.
+settings in `--distillation_args`); with `+ensemble_distilled`, from the sweep's CNNs of every `--seeds` at once (the
+mean of their logits). Those runs start after every plain run has finished.
 
 Each run goes to `<runs_dir>/<dataset>-<model>-seed<k>` and is skipped when its `all_results.json` already exists,
 so an interrupted sweep continues where it stopped. Afterwards (or with `--collect_only`) it writes
@@ -45,7 +46,8 @@ PUBLISHED = {
     "breastmnist": {"ResNet-18 (28)": (0.863, 0.901), "Google AutoML Vision": (0.861, 0.919)},
     "bloodmnist": {"ResNet-18 (28)": (0.958, 0.998), "Google AutoML Vision": (0.966, 0.998)},
 }
-DISTILLED = "+distilled"
+DISTILLED = "+distilled"  # teacher: the sweep's CNN of the run's own seed
+ENSEMBLE_DISTILLED = "+ensemble_distilled"  # teachers: the sweep's CNNs of every seed, averaged
 # Two-sided 97.5% quantiles of Student's t for n - 1 degrees of freedom (n = 2..10 seeds).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -85,20 +87,25 @@ def parse_args(argv=None):
 
 def base_model(model: str) -> str:
     """`vit_lsa+distilled` -> `vit_lsa`: the train.py model family behind a sweep's model name."""
-    return model.removesuffix(DISTILLED)
+    return model.removesuffix(DISTILLED).removesuffix(ENSEMBLE_DISTILLED)
+
+
+def is_distilled(model: str) -> bool:
+    return model != base_model(model)
 
 
 def run_name(dataset: str, model: str, seed: int) -> str:
-    return f"{dataset}-{model.replace(DISTILLED, '-distilled')}-seed{seed}"
+    return f"{dataset}-{model.replace('+', '-')}-seed{seed}"
 
 
 def train_command(args, dataset: str, model: str, seed: int, output_dir: Path) -> list[str]:
     command = [*shlex.split(args.launch), str(ROOT / "train.py"), "--model", base_model(model), "--dataset", dataset,
                "--data_dir", args.data_dir, "--seed", str(seed), "--output_dir", str(output_dir),
                *shlex.split(args.train_args)]
-    if model.endswith(DISTILLED):
-        teacher = Path(args.runs_dir) / run_name(dataset, "cnn", seed) / "best"
-        command += ["--teacher_model_name_or_path", str(teacher), *shlex.split(args.distillation_args)]
+    if is_distilled(model):
+        teacher_seeds = args.seeds if model.endswith(ENSEMBLE_DISTILLED) else [seed]
+        teachers = [str(Path(args.runs_dir) / run_name(dataset, "cnn", k) / "best") for k in teacher_seeds]
+        command += ["--teacher_model_name_or_path", *teachers, *shlex.split(args.distillation_args)]
     return command
 
 
@@ -131,8 +138,7 @@ def run_all(args) -> list[str]:
                 else:
                     todo.append((dataset, model, seed))
     # Distilled runs need their teachers, the plain CNN runs: they go in a second phase.
-    phases = [[job for job in todo if not job[1].endswith(DISTILLED)],
-              [job for job in todo if job[1].endswith(DISTILLED)]]
+    phases = [[job for job in todo if not is_distilled(job[1])], [job for job in todo if is_distilled(job[1])]]
     return run_in_parallel([[run_spec(args, *job) for job in phase] for phase in phases], args.jobs)
 
 
@@ -285,7 +291,7 @@ def results_chart(results: dict, path: Path) -> None:
                      zorder=3, label="seed notebooks' ACC")
         for (name, (acc, _)), style in zip(PUBLISHED.get(dataset, {}).items(), ("--", ":", "-.")):
             axis.axhline(acc, linestyle=style, linewidth=0.9, color="gray", label=f"{name}: ACC {acc:.3f}")
-        model_names = [r["model"].replace(DISTILLED, "\n+distilled") for r in rows]  # own line: narrow bars
+        model_names = [r["model"].replace("+", "\n+") for r in rows]  # the suffix on its own line: narrow bars
         labels = [f"{name}\n{', '.join(map(str, r['num_epochs']))} epochs" for name, r in zip(model_names, rows)]
         axis.set_xticks(list(x), labels)
         axis.set_ylim(0.5, 1.0)

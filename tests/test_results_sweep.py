@@ -166,3 +166,18 @@ def test_update_replaces_only_the_rows_it_collects_and_keeps_the_others(sweep, t
     run_results.main([*argv, "--collect_only", "--results_dir", str(table), "--models", "cnn"])
     assert "now dropped: breastmnist/vit_lsa+distilled" in capsys.readouterr().out
     assert [r["model"] for r in json.loads((table / "results.json").read_text())["rows"]] == ["cnn"]
+
+
+def test_an_ensemble_distilled_run_learns_from_the_cnns_of_every_seed_of_the_sweep(tmp_path):
+    args = run_results.parse_args(["--models", "cnn", "vit_conv_lsa+ensemble_distilled", "--seeds", "0", "1", "2",
+                                   "--runs_dir", str(tmp_path), "--distillation_args", "--distillation_type soft"])
+    command = run_results.train_command(args, "breastmnist", "vit_conv_lsa+ensemble_distilled", 1, tmp_path / "out")
+    assert command[command.index("--model") + 1] == "vit_conv_lsa"
+    start = command.index("--teacher_model_name_or_path") + 1
+    assert command[start:start + 4] == [str(tmp_path / f"breastmnist-cnn-seed{k}" / "best") for k in (0, 1, 2)] + [
+        "--distillation_type"]
+    assert run_results.run_name("breastmnist", "vit_conv_lsa+ensemble_distilled", 1) == \
+        "breastmnist-vit_conv_lsa-ensemble_distilled-seed1"
+    single = run_results.train_command(args, "breastmnist", "vit_conv_lsa+distilled", 1, tmp_path / "out")
+    assert single[single.index("--teacher_model_name_or_path") + 1:][:2] == [
+        str(tmp_path / "breastmnist-cnn-seed1" / "best"), "--distillation_type"]
