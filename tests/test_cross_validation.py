@@ -212,6 +212,33 @@ def test_flip_averaging_check_rebuilds_each_held_out_fold_and_refuses_other_runs
         flip_averaging.main([str(tmp_path)])
 
 
+def test_fold_ensemble_scores_each_model_and_their_mean_logits_on_its_own_held_out_fold(cross_validation, tmp_path):
+    import shutil
+
+    import fold_ensemble
+
+    root, _, _ = cross_validation
+    plain, smoothed = root / "runs" / "plain", root / "runs" / "smoothed"
+    figures = fold_ensemble.main([str(plain), str(smoothed), "--checkpoint", "best"])
+    assert list(figures) == ["plain", "smoothed", "ensemble (mean logits)"]
+    for fold in range(2):  # each model: exactly what train.py measured on that fold at its best epoch
+        for setting in (plain, smoothed):
+            recorded = json.loads((setting / f"fold{fold}" / "all_results.json").read_text())["validation_metrics"]
+            assert figures[setting.name][fold] == pytest.approx((recorded["acc"], recorded["auc"]))
+    # One model twice: the mean of its logits is that model.
+    twice = fold_ensemble.main([str(plain), str(plain)])["ensemble (mean logits)"]
+    assert [x for pair in twice for x in pair] == pytest.approx([x for pair in figures["plain"] for x in pair])
+
+    # A setting whose folds come from another split cannot join: its models saw the others' held-out images.
+    other = tmp_path / "other_split"
+    shutil.copytree(plain, other)
+    for fold in range(2):
+        config_path = other / f"fold{fold}" / "run_config.json"
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "cross_validation_folds": 3}))
+    with pytest.raises(SystemExit, match="an ensemble needs models of the same fold"):
+        fold_ensemble.main([str(plain), str(other)])
+
+
 def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_validation, tmp_path):
     import shutil
     import subprocess
