@@ -386,11 +386,12 @@ def main(argv=None):
         "epoch": 0, "batches_in_epoch": 0, "global_step": 0,
         "best_metric": None, "best_epoch": None, "best_checkpoint": None, "history": [],
     }
-    best_weights = None
+    best_weights, seconds_before_resuming = None, 0.0
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = resumed_state
         best_weights = read_best_weights(checkpoint)
+        seconds_before_resuming = resumed_state.get("wall_clock_seconds", 0.0)
         logger.info(f"Resumed from {checkpoint}: epoch {state['epoch']}, step {state['global_step']}",
                     main_process_only=True)
 
@@ -439,7 +440,11 @@ def main(argv=None):
             accelerator.end_training()
             sys.exit(3)
 
+    def wall_clock() -> float:  # the run's training time, across resumes
+        return seconds_before_resuming + time.time() - started
+
     def save(trainer_state):
+        trainer_state = {**trainer_state, "wall_clock_seconds": wall_clock()}
         save_checkpoint(accelerator, output_dir, trainer_state, args.checkpoints_total_limit, best_weights)
         if pusher is not None and (output_dir / "best").is_dir():
             pusher.push(output_dir / "best", output_dir / "runs", model_card(run_summary()), [],
@@ -452,7 +457,7 @@ def main(argv=None):
             "teacher": teacher_record(args.teacher_model_name_or_path),
             "validation_metrics": best["metrics"] if best else None, "test_metrics": test_metrics,
             "dataset": {**dataclasses.asdict(info), "license_id": "cc-by-4.0"}, "command": command, "hardware": hardware,
-            "wall_clock_seconds": time.time() - started,
+            "wall_clock_seconds": wall_clock(),
         }
 
     for epoch in range(state["epoch"], num_epochs):

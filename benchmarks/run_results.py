@@ -10,7 +10,8 @@ settings in `--distillation_args`); with `+ensemble_distilled`, from the sweep's
 mean of their logits). Those runs start after every plain run has finished.
 
 Each run goes to `<runs_dir>/<dataset>-<model>-seed<k>` and is skipped when its `all_results.json` already exists,
-so an interrupted sweep continues where it stopped. Afterwards (or with `--collect_only`) it writes
+so an interrupted sweep continues where it stopped; with `--resume`, an interrupted run also continues from its newest
+checkpoint (`train.py --resume_from_checkpoint latest`) instead of starting again: long runs can span sessions. Afterwards (or with `--collect_only`) it writes
 `results/results.json` (every run's test and validation metrics), `results/RESULTS.md` (mean ± std over seeds with a
 95% t-interval, the seed notebooks' figures and the published references beside them) and `results/results.png`.
 Test metrics come from each run's single test evaluation of the model chosen on the validation split.
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's own modules, when run as a script
+from training.checkpointing import list_checkpoints  # noqa: E402
 from training.hardware import describe_hardware  # noqa: E402
 
 # The replaced notebooks' test accuracy (../shared/REFERENCE.md).
@@ -74,6 +76,9 @@ def parse_args(argv=None):
                         help="Extra train.py arguments for the +distilled runs only, e.g. '--distillation_type soft'.")
     parser.add_argument("--jobs", type=int, default=1,
                         help="Runs at a time; each gets cpu_count // jobs threads (OMP_NUM_THREADS). On a GPU keep 1.")
+    parser.add_argument("--resume", action="store_true",
+                        help="An unfinished run with a saved checkpoint continues from its newest one (its log is "
+                             "appended to) instead of starting again. Use the same --train_args as when it started.")
     parser.add_argument("--collect_only", action="store_true", help="Only aggregate the runs already in runs_dir.")
     parser.add_argument("--update", action="store_true",
                         help="Replace only the (dataset, model) rows collected now in results_dir's existing "
@@ -116,7 +121,8 @@ def run_logged(command: list[str], log: Path, label: str, threads: int | None) -
         env["OMP_NUM_THREADS"] = str(threads)
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with open(log, "w") as handle:
+    resuming = "--resume_from_checkpoint" in command
+    with open(log, "a" if resuming else "w") as handle:  # a resumed run's log keeps the part before
         handle.write(f"$ {shlex.join(command)}\n")
         handle.flush()
         try:
@@ -146,6 +152,8 @@ def run_spec(args, dataset: str, model: str, seed: int) -> tuple[list[str], Path
     """(command, log file, label) of one run: its output goes to `<runs_dir>/<name>.log`."""
     output_dir = Path(args.runs_dir) / run_name(dataset, model, seed)
     command = train_command(args, dataset, model, seed, output_dir)
+    if args.resume and list_checkpoints(output_dir):
+        command += ["--resume_from_checkpoint", "latest"]
     return command, Path(args.runs_dir) / f"{output_dir.name}.log", output_dir.name
 
 

@@ -181,3 +181,23 @@ def test_an_ensemble_distilled_run_learns_from_the_cnns_of_every_seed_of_the_swe
     single = run_results.train_command(args, "breastmnist", "vit_conv_lsa+distilled", 1, tmp_path / "out")
     assert single[single.index("--teacher_model_name_or_path") + 1:][:2] == [
         str(tmp_path / "breastmnist-cnn-seed1" / "best"), "--distillation_type"]
+
+
+def test_resume_continues_an_interrupted_run_from_its_newest_checkpoint(sweep, tmp_path):
+    import shutil
+
+    root, argv = sweep
+    run = tmp_path / "runs" / "breastmnist-cnn-seed1"
+    shutil.copytree(root / "runs" / run.name, run)
+    straight = json.loads((run / "all_results.json").read_text())
+    for name in ("all_results.json", "best", "last"):  # stopped after its last checkpoint, before the end
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    (tmp_path / "runs" / f"{run.name}.log").write_text("the part before\n")
+    run_results.main([*argv, "--models", "cnn", "--seeds", "1", "--runs_dir", str(tmp_path / "runs"),
+                      "--results_dir", str(tmp_path / "results"), "--resume"])
+    resumed = json.loads((run / "all_results.json").read_text())
+    assert resumed["validation_history"] == straight["validation_history"]
+    assert resumed["test_metrics"] == straight["test_metrics"]
+    log = (tmp_path / "runs" / f"{run.name}.log").read_text()
+    assert log.startswith("the part before\n") and "--resume_from_checkpoint latest" in log
+    assert "Resumed from" in log

@@ -139,6 +139,10 @@ def test_resume_from_an_epoch_checkpoint_ends_exactly_like_the_straight_run(shor
     for name in ("best", "last", "all_results.json"):
         path = resumed_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    # The wall-clock so far travels in the checkpoint: say the first epoch took 1000 s.
+    state_file = resumed_dir / "checkpoints" / "step_6" / "trainer_state.json"
+    assert json.loads(state_file.read_text())["wall_clock_seconds"] > 0
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "wall_clock_seconds": 1000.0}))
     python_train(*train_args(data_dir, resumed_dir, "--model", "cnn", "--num_epochs", "3", "--per_device_train_batch_size", "16",
                              "--logging_steps", "2", "--checkpoints_total_limit", "5", "--augmentation", "seed",
                              "--resume_from_checkpoint", "latest"))
@@ -146,6 +150,7 @@ def test_resume_from_an_epoch_checkpoint_ends_exactly_like_the_straight_run(shor
     assert resumed["validation_history"] == straight["validation_history"]
     assert resumed["test_metrics"] == straight["test_metrics"]
     assert resumed["best_epoch"] == straight["best_epoch"]
+    assert 1000 < resumed["wall_clock_seconds"] < 1000 + 600  # 1000 s carried, plus this short run's own
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(data_dir, tmp_path):
