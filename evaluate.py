@@ -172,8 +172,8 @@ def main(argv=None) -> dict | None:
 
     # 2. The model (no DDP wrapper: inference needs no gradient synchronisation) and the processor's transform.
     config, model = checkpoint.config, checkpoint.model.to(accelerator.device)
-    transform = data.BatchTransform(data.AugmentationConfig.preset("none"), checkpoint.image_size, checkpoint.mean,
-                                    checkpoint.std).to(accelerator.device)
+    transform = data.BatchTransform.for_evaluation(checkpoint.image_size, checkpoint.mean, checkpoint.std)
+    transform = transform.to(accelerator.device)
     split = data.DeviceSplit.from_dataset(dataset[args.split], accelerator.device)
     logger.info(f"Evaluating {args.model_name_or_path} ({config.model_type}) on {info.flag} {args.split}: "
                 f"{len(split)} images on {accelerator.num_processes} process(es), "

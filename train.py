@@ -337,8 +337,7 @@ def main(argv=None):
         mean, std = [0.5] * info.num_channels, [0.5] * info.num_channels
     image_size = model.config.image_size
     train_transform = data.BatchTransform(augmentation, image_size, mean, std).to(accelerator.device)
-    eval_transform = data.BatchTransform(data.AugmentationConfig.preset("none"), image_size, mean, std)
-    eval_transform = eval_transform.to(accelerator.device)
+    eval_transform = data.BatchTransform.for_evaluation(image_size, mean, std).to(accelerator.device)
     processor = models.build_image_processor(image_size, mean, std)
     if teacher is not None:
         teacher.adapt_inputs(mean, std, accelerator.device)

@@ -42,8 +42,7 @@ def held_out_fold(run_dir: Path, accelerator: Accelerator, data_dir: str | None 
 def fold_metrics(checkpoint: Path, split, info, accelerator: Accelerator) -> dict[bool, tuple[float, float]]:
     """{flip: (ACC, AUC)} of one saved model on `split`, without and with test-time flip averaging."""
     loaded = load_for_inference(str(checkpoint), info)
-    transform = data.BatchTransform(data.AugmentationConfig.preset("none"), loaded.image_size, loaded.mean,
-                                    loaded.std).to(accelerator.device)
+    transform = data.BatchTransform.for_evaluation(loaded.image_size, loaded.mean, loaded.std).to(accelerator.device)
     model = loaded.model.to(accelerator.device)  # the split's images live there (a GPU when there is one)
     results = {}
     for flip in (False, True):

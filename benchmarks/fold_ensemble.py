@@ -58,8 +58,8 @@ def main(argv=None):
         all_logits = []
         for setting in args.settings:
             loaded = load_for_inference(str(setting / fold / args.checkpoint), info)
-            transform = data.BatchTransform(data.AugmentationConfig.preset("none"), loaded.image_size, loaded.mean,
-                                            loaded.std).to(accelerator.device)
+            transform = data.BatchTransform.for_evaluation(loaded.image_size, loaded.mean, loaded.std)
+            transform = transform.to(accelerator.device)
             scores, labels, logits = metrics.predict(loaded.model.to(accelerator.device), split, transform,
                                                      accelerator, 512, info.task, return_logits=True,
                                                      desc=f"{setting.name}/{fold}")

@@ -180,6 +180,11 @@ class BatchTransform(nn.Module):
         ys, xs = torch.meshgrid(centres, centres, indexing="ij")
         self.register_buffer("base_grid", torch.stack([xs, ys, torch.ones_like(xs)], -1).view(-1, 3), persistent=False)
 
+    @classmethod
+    def for_evaluation(cls, image_size: int, mean: Sequence[float], std: Sequence[float]) -> "BatchTransform":
+        """Resize and normalise only, as the saved image processor: validation, test and inference batches."""
+        return cls(AugmentationConfig.preset("none"), image_size, mean, std)
+
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}, config={self.config}"
 
