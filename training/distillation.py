@@ -8,7 +8,7 @@ The student learns from the labels and from a frozen teacher's predictions on th
 `soft`: KL divergence between the softened distributions, softmax(z / T), scaled by T² so that gradients keep
 their size as T changes. A convolutional teacher hands its locality prior to a ViT student through its
 predictions, which is what a ViT trained on a few hundred images lacks. Several teachers (e.g. CNNs of several
-seeds) teach as one: the mean of their logits, which is steadier than any one of them.
+seeds) teach as one, through the mean of their logits.
 """
 
 import json
