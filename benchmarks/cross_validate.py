@@ -136,7 +136,7 @@ def draw_chart(log: dict, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 4.5 + 0.15 * max(0, len(log["settings"]) - 10)))
+    figure = Figure(figsize=(9, 4.5 + 0.15 * max(0, len(log["settings"]) - 20)))
     axes = figure.add_subplot()
     for index, setting in enumerate(log["settings"]):
         curves = [run["validation_auc_per_epoch"] for run in setting["fold_runs"]]
@@ -147,9 +147,9 @@ def draw_chart(log: dict, path: Path) -> None:
                   f"(last 20: {setting['summary']['validation_auc_last20_mean']['mean']:.3f})")
     axes.set(xlabel="epoch", ylabel="validation AUC, mean over folds", title=f"{path.stem}: cross-validation")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    # beside the axes, not over the curves: a long log has more settings than the plot has empty corners
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def main(argv=None):
