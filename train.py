@@ -126,6 +126,10 @@ def parse_args(argv=None):
     add("--random_erasing", type=float, default=None, help="Override the preset's random erasing probability.")
     add("--translate", type=float, default=None,
         help="Override the preset's random shift, as a fraction of the side (0.1: up to ±2.8 px at 28 px).")
+    add("--zoom", type=float, default=None,
+        help="Override the preset's random zoom: scale by U(1 - z, 1 + z) (seed: 0.3; 0 = off).")
+    add("--rotation_degrees", type=float, default=None,
+        help="Override the preset's random rotation: U(-d, d) degrees (seed: 10.8; 0 = off).")
     add("--teacher_model_name_or_path", nargs="+", default=None,
         help="Distil from this trained model (a runs/<run>/best folder or Hub id, trained on the same data set): "
              "the loss becomes (1 - alpha) * task loss + alpha * distillation loss (training/distillation.py). "
@@ -320,7 +324,7 @@ def main(argv=None):
                                                      args.cross_validation_fold)
         teacher = TeacherEnsemble(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
         augmentation = data.AugmentationConfig.preset(args.augmentation)
-        for key in ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate"):
+        for key in ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate", "zoom", "rotation_degrees"):
             if getattr(args, key) is not None:
                 augmentation = dataclasses.replace(augmentation, **{key: getattr(args, key)})
     except ValueError as error:
