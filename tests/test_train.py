@@ -327,8 +327,13 @@ def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the
     import train
     from training import recipes
 
-    for model in ("vit_lsa", "vit", "cnn"):  # no data-set changes today: one recipe for every data set
-        assert train.parse_args(["--model", model, "--dataset", "breastmnist"]).augmentation == "seed"
+    for model in ("vit_lsa", "vit", "cnn", "vit_conv_lsa"):
+        breast = train.parse_args(["--model", model, "--dataset", "breastmnist"])
+        assert (breast.augmentation, breast.zoom) == ("seed", None)  # the preset's zoom, 0.3
+        blood = train.parse_args(["--model", model, "--dataset", "bloodmnist"])
+        assert (blood.augmentation, blood.zoom) == ("seed", 0.0)  # BloodMNIST's own default: no zoom
+        assert train.parse_args(["--model", model, "--dataset", "bloodmnist", "--zoom", "0.3"]).zoom == 0.3
+        assert train.parse_args(["--model", model, "--dataset", "bloodmnist", "--recipe", "seed"]).zoom is None
     monkeypatch.setitem(recipes.DATASET_CHANGES, ("default", "breastmnist"),
                         {"vit_lsa": {"augmentation": "shift", "repeated_augmentation": 3}})
     args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist"])
