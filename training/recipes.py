@@ -83,10 +83,11 @@ RECIPES = {
     "seed": {"cnn": _CNN_SEED, "vit": _VIT_SEED, "vit_lsa": _VIT_SEED, "vit_conv_lsa": _VIT_SEED},
 }
 # Where a data set's own validation evidence chose otherwise: (recipe, data set) -> {model: {argument: value}}.
-# BloodMNIST: no zoom. A cell's size tells its class (lymphocytes are small, monocytes large) and the seed's ±30% zoom
-# blurs it: without it the CNN's validation ACC rose on every seed (0.939 -> 0.963 at 30 epochs) and the ViT's too
-# (docs/experiments.md, session 14). (Random shifts alone for SPT + LSA on BreastMNIST, chosen on its 78-image
-# validation split, were no better in 5-fold cross-validation: undone.)
+# BloodMNIST: no zoom. A cell's size tells its class (lymphocytes are small, monocytes large) and the seed's ±30%
+# zoom blurs it: without it the CNN's validation ACC rose on every seed (0.939 -> 0.963 at 30 epochs) and the ViT's
+# too (docs/experiments.md, session 14); on BreastMNIST dropping it changed nothing in cross-validation. (Random
+# shifts alone for SPT + LSA on BreastMNIST, chosen on its 78-image validation split, were no better in 5-fold
+# cross-validation: undone.)
 DATASET_CHANGES: dict[tuple[str, str], dict[str, dict]] = {
     ("default", "bloodmnist"): {model: {"zoom": 0.0} for model in ("cnn", "vit", "vit_lsa", "vit_conv_lsa")},
 }
