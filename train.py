@@ -140,6 +140,9 @@ def parse_args(argv=None):
     add("--distillation_temperature", type=float, default=1.0, help="T of soft distillation.")
     add("--selection_metric", choices=SELECTION_METRICS, default="auc",
         help="Validation metric that picks `best` ('last' keeps the final epoch, as the seed reported).")
+    add("--save_validation_predictions", action="store_true",
+        help="Also write each epoch's validation logits and labels to output_dir/validation_predictions/"
+             "epoch_XXX.npz (for checkpoint-selection studies: benchmarks/selection_study.py). Changes nothing else.")
     add("--cross_validation_folds", type=int, default=0,
         help="Recipe searches on small data sets: pool train + validation, cut it into this many stratified folds "
              "(fixed, whatever the --seed) and validate on fold --cross_validation_fold instead of the official "
@@ -546,6 +549,8 @@ def main(argv=None):
             writer.add_figure("validation/confusion_matrix",
                               confusion_matrix_figure(results["confusion_matrix"], info.label_names), epoch + 1)
         state["history"].append({"epoch": epoch + 1, "step": state["global_step"], "metrics": results})
+        if args.save_validation_predictions and accelerator.is_main_process:
+            metrics.write_epoch_predictions(output_dir / metrics.PREDICTIONS_FOLDER, epoch + 1, logits, labels)
         selected = results["auc" if args.selection_metric == "last" else args.selection_metric]
         if is_better(args.selection_metric, selected, state["best_metric"]) or state["best_epoch"] is None:
             state.update(best_metric=selected, best_epoch=epoch + 1, best_checkpoint=f"step_{state['global_step']}")

@@ -51,8 +51,10 @@ PUBLISHED = {
 }
 DISTILLED = "+distilled"  # teacher: the sweep's CNN of the run's own seed
 ENSEMBLE_DISTILLED = "+ensemble_distilled"  # teachers: the sweep's CNNs of every seed, averaged
-# Two-sided 97.5% quantiles of Student's t for n - 1 degrees of freedom (n = 2..10 seeds).
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+# Two-sided 97.5% quantiles of Student's t for n - 1 degrees of freedom (n = 2..31 values; beyond, the normal 1.96).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+         21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042}
 
 
 def parse_args(argv=None):

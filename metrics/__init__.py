@@ -5,7 +5,8 @@
 
 `compute_metrics` runs the `evaluate` modules in `metrics/modules/` (loaded by path, never from the Hub, cached per
 process). `predict` (metrics.inference) is the distributed inference loop that evaluate.py and train.py share;
-`metrics.plots` draws the confusion matrix, ROC curves and reliability diagram; `metrics.report` formats the table.
+`metrics.predictions` writes and reads per-epoch validation predictions; `metrics.plots` draws the confusion
+matrix, ROC curves and reliability diagram; `metrics.report` formats the table.
 Import the `evaluate` library through `import_evaluate_library`: the repository's evaluate.py shadows it.
 """
 
@@ -21,6 +22,8 @@ from .compute import (
 )
 from .evaluate_library import import_evaluate_library, is_evaluate_library
 from .inference import predict
+from .predictions import FOLDER_NAME as PREDICTIONS_FOLDER
+from .predictions import read_epoch_predictions, write_epoch_predictions
 from .report import format_report
 
 # Importing the package makes `evaluate` mean the library from here on, whatever sys.path holds.
@@ -37,6 +40,9 @@ __all__ = [
     "load_metric",
     "load_metrics",
     "logits_to_scores",
+    "PREDICTIONS_FOLDER",
     "predict",
+    "read_epoch_predictions",
     "to_json_safe",
+    "write_epoch_predictions",
 ]
