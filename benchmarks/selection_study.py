@@ -26,12 +26,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from metrics import logits_to_scores, read_epoch_predictions  # noqa: E402
-from metrics.modules.medmnist_definitions import MULTI_LABEL, check_inputs, get_acc, get_auc  # noqa: E402
+from metrics.modules.medmnist_definitions import (  # noqa: E402
+    MULTI_LABEL, auc_columns, check_inputs, get_acc, get_auc, predict_labels)
 from run_results import mean_std_ci  # noqa: E402
 
 RULES = ("auc", "acc", "loss", "last")
@@ -87,6 +89,27 @@ def stratified_halves(labels: np.ndarray, task: str, rng: np.random.Generator) -
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
+def acc_by_epoch(scores: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
+    """(E,) medmnist ACC of every epoch's (N, K) scores at once: `get_acc`, vectorised over epochs."""
+    correct = np.stack([predict_labels(s, task) for s in scores]) == labels[None]
+    return correct.reshape(len(scores), len(labels), -1).mean(axis=(1, 2))
+
+
+def auc_by_epoch(scores: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
+    """(E,) medmnist AUC of every epoch at once: `get_auc` (the mean one-vs-rest ROC AUC over its columns) through
+    the Mann-Whitney rank sum, ties counted half, as scikit-learn's; NaN where a column has one class only. ~100×
+    faster than 100 scikit-learn calls, which the study would make 400 times a run."""
+    truth = auc_columns(scores[0], labels, task)[0].astype(bool)
+    columns = np.stack([auc_columns(s, labels, task)[1] for s in scores])  # (E, N, C)
+    positives, negatives = truth.sum(axis=0), (~truth).sum(axis=0)
+    ranks = rankdata(columns, axis=1)
+    rank_sums = np.einsum("enc,nc->ec", ranks, truth.astype(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        aucs = (rank_sums - positives * (positives + 1) / 2) / (positives * negatives)
+    aucs[:, (positives == 0) | (negatives == 0)] = np.nan
+    return aucs.mean(axis=1)
+
+
 def pick_epoch(rule: str, scores: np.ndarray, labels: np.ndarray, losses: np.ndarray, task: str) -> int:
     """The epoch index train.py's `--selection_metric rule` would keep, seeing only these images: the first epoch
     with the highest ACC / AUC (an undefined AUC never wins) or the lowest loss; `last` the final one."""
@@ -94,9 +117,14 @@ def pick_epoch(rule: str, scores: np.ndarray, labels: np.ndarray, losses: np.nda
         return len(scores) - 1
     if rule == "loss":
         return int(np.argmin(losses.mean(axis=1)))
-    metric = get_auc if rule == "auc" else get_acc
-    values = np.array([metric(s, labels, task) for s in scores])
-    return int(np.argmax(np.where(np.isnan(values), -np.inf, values)))
+    values = (auc_by_epoch if rule == "auc" else acc_by_epoch)(scores, labels, task)
+    values = np.where(np.isnan(values), -np.inf, values)
+    if rule == "auc":  # near-ties: decide with scikit-learn's own figures, as train.py does
+        near = np.flatnonzero(values >= values.max() - 1e-9)
+        if len(near) > 1:
+            exact = np.array([get_auc(scores[e], labels, task) for e in near])
+            return int(near[np.argmax(np.where(np.isnan(exact), -np.inf, exact))])
+    return int(np.argmax(values))
 
 
 def study_run(run: Path, splits: int, seed: int) -> dict:

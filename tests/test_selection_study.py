@@ -52,12 +52,12 @@ def test_study_of_real_runs_writes_every_rule(saved_run, tmp_path):
     assert result["summary"]["last"]["auc_minus_auc"]["mean"] == 0 and result["summary"]["last"]["auc_minus_auc"]["std"] == 0
 
 
-def fake_run(folder: Path, good_epoch: int, epochs: int = 6, n: int = 60, seed: int = 0) -> Path:
-    """A run whose held-out predictions are perfect at `good_epoch` and noise at every other epoch."""
+def fake_run(folder: Path, good_epoch: int, epochs: int = 6, n: int = 60, seed: int = 0, also_good=()) -> Path:
+    """A run whose held-out predictions are perfect at `good_epoch` (and `also_good`) and noise at every other."""
     rng = np.random.default_rng(seed)
     labels = np.repeat([0, 1], n // 2).reshape(-1, 1)
     for epoch in range(1, epochs + 1):
-        if epoch == good_epoch:
+        if epoch == good_epoch or epoch in also_good:
             logits = np.where(np.eye(2)[labels[:, 0]] == 1, 3.0, -3.0)
         else:
             logits = rng.normal(size=(n, 2))
@@ -75,6 +75,26 @@ def test_rules_pick_the_epoch_that_is_best_on_their_half(tmp_path):
         assert study["rules"]["last"]["mean_chosen_epoch"] == 6 and study["rules"]["last"]["auc"] < 0.9
     summary = selection_study.compare(studies, "auc")
     assert summary["last"]["auc_minus_auc"]["ci95"][1] < 0
+    # Equal best epochs: the first is kept, as train.py keeps it.
+    tied = selection_study.study_run(fake_run(tmp_path / "tied", good_epoch=2, also_good=(4,)), splits=3, seed=0)
+    assert tied["rules"]["auc"]["mean_chosen_epoch"] == 2 and tied["rules"]["acc"]["mean_chosen_epoch"] == 2
+
+
+@pytest.mark.parametrize("task,classes", [("binary-class", 2), ("multi-class", 4), ("multi-label, binary-class", 3)])
+def test_vectorised_acc_and_auc_equal_the_metric_definitions(task, classes):
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.random((5, 30, classes)), 1)  # rounded: many ties
+    if task != "multi-label, binary-class":
+        scores /= scores.sum(axis=-1, keepdims=True) + 1e-9
+    labels = rng.integers(0, 2, (30, classes)) if task.startswith("multi-label") else rng.integers(0, classes, 30)
+    if task == "multi-label, binary-class":
+        labels[:, 0] = 1  # a label with positives only: its AUC is undefined, so is the mean
+    aucs = selection_study.auc_by_epoch(scores, labels, task)
+    accs = selection_study.acc_by_epoch(scores, labels, task)
+    for e in range(5):
+        assert accs[e] == pytest.approx(get_acc(scores[e], labels, task), abs=1e-12)
+        expected = get_auc(scores[e], labels, task)
+        assert (np.isnan(aucs[e]) and np.isnan(expected)) or aucs[e] == pytest.approx(expected, abs=1e-12)
 
 
 def test_halves_are_disjoint_complete_and_stratified():
