@@ -138,8 +138,9 @@ def parse_args(argv=None):
         help="hard: cross-entropy on the teacher's predicted class (DeiT); soft: KL on softmax(logits / T).")
     add("--distillation_alpha", type=float, default=0.5, help="Weight of the distillation loss, in [0, 1].")
     add("--distillation_temperature", type=float, default=1.0, help="T of soft distillation.")
-    add("--selection_metric", choices=SELECTION_METRICS, default="auc",
-        help="Validation metric that picks `best` ('last' keeps the final epoch, as the seed reported).")
+    add("--selection_metric", choices=SELECTION_METRICS, default=None,
+        help="Validation metric that picks `best` ('last' keeps the final epoch, as the seed reported). Default: "
+             "the recipe's (auc).")
     add("--save_validation_predictions", action="store_true",
         help="Also write each epoch's validation logits and labels to output_dir/validation_predictions/"
              "epoch_XXX.npz (for checkpoint-selection studies: benchmarks/selection_study.py). Changes nothing else.")

@@ -334,6 +334,9 @@ def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the
         assert (blood.augmentation, blood.zoom) == ("seed", 0.0)  # BloodMNIST's own default: no zoom
         assert train.parse_args(["--model", model, "--dataset", "bloodmnist", "--zoom", "0.3"]).zoom == 0.3
         assert train.parse_args(["--model", model, "--dataset", "bloodmnist", "--recipe", "seed"]).zoom is None
+        assert (breast.selection_metric, blood.selection_metric) == ("last", "auc")  # BreastMNIST keeps the last epoch
+        assert train.parse_args(["--model", model, "--dataset", "breastmnist", "--selection_metric", "auc"]
+                                ).selection_metric == "auc"
     monkeypatch.setitem(recipes.DATASET_CHANGES, ("default", "breastmnist"),
                         {"vit_lsa": {"augmentation": "shift", "repeated_augmentation": 3}})
     args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist"])
