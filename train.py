@@ -226,8 +226,14 @@ def training_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool,
     return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
 
-def validation_loss(logits, labels, multilabel: bool) -> float:
+def validation_loss(logits, labels, multilabel: bool, per_sample: bool = False):
+    """Cross-entropy (BCE for multi-label) of the split; with `per_sample`, each image's own, (N,) NumPy (the
+    multi-label BCE averaged over its labels), so that any subset's loss is a mean (benchmarks/selection_study.py)."""
     logits, labels = torch.from_numpy(logits), torch.from_numpy(labels)
+    if per_sample:
+        if multilabel:
+            return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(dim=-1).numpy()
+        return F.cross_entropy(logits, labels.long().view(-1), reduction="none").numpy()
     if multilabel:
         return F.binary_cross_entropy_with_logits(logits, labels.float()).item()
     return F.cross_entropy(logits, labels.long().view(-1)).item()

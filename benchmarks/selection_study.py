@@ -35,6 +35,7 @@ from metrics import logits_to_scores, read_epoch_predictions  # noqa: E402
 from metrics.modules.medmnist_definitions import (  # noqa: E402
     MULTI_LABEL, auc_columns, check_inputs, get_acc, get_auc, predict_labels)
 from run_results import mean_std_ci  # noqa: E402
+from train import validation_loss  # noqa: E402
 
 RULES = ("auc", "acc", "loss", "last")
 
@@ -60,18 +61,6 @@ def run_task(run: Path) -> str:
     from data import medmnist_info
 
     return medmnist_info(json.loads(config_path.read_text())["dataset"]).task
-
-
-def per_sample_loss(logits: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
-    """(E, N) cross-entropy of every epoch and image (BCE summed over the labels for multi-label), so that the
-    validation loss of any subset is a mean over its columns: train.py's `validation_loss`, per image."""
-    if task == MULTI_LABEL:
-        x, y = logits.astype(np.float64), labels.astype(np.float64)[None]
-        return (np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).mean(axis=-1)
-    x = logits.astype(np.float64)
-    log_softmax = x - x.max(axis=-1, keepdims=True)
-    log_softmax -= np.log(np.exp(log_softmax).sum(axis=-1, keepdims=True))
-    return -np.take_along_axis(log_softmax, labels.reshape(1, -1, 1).astype(np.int64), axis=-1)[..., 0]
 
 
 def stratified_halves(labels: np.ndarray, task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +122,7 @@ def study_run(run: Path, splits: int, seed: int) -> dict:
     epochs, logits, labels = read_epoch_predictions(run / "validation_predictions")
     scores = np.stack([logits_to_scores(x, task) for x in logits])
     labels = check_inputs(scores[0], labels, task)[1]  # (N,) class indices, or (N, L) for multi-label
-    losses = per_sample_loss(logits, labels, task)
+    losses = np.stack([validation_loss(x, labels, task == MULTI_LABEL, per_sample=True) for x in logits])  # (E, N)
     rng = np.random.default_rng(seed)
     chosen = {rule: [] for rule in RULES}
     figures = {rule: {"acc": [], "auc": []} for rule in RULES}

@@ -35,7 +35,7 @@ def test_saved_predictions_are_the_logged_validation_and_change_nothing_else(sav
         scores = selection_study.logits_to_scores(epoch_logits, task)
         assert get_acc(scores, labels, task) == pytest.approx(entry["metrics"]["acc"], abs=1e-12)
         assert get_auc(scores, labels, task) == pytest.approx(entry["metrics"]["auc"], abs=1e-9)
-    losses = selection_study.per_sample_loss(logits, labels, task).mean(axis=1)
+    losses = np.stack([selection_study.validation_loss(x, labels, False, per_sample=True) for x in logits]).mean(axis=1)
     assert losses == pytest.approx([h["metrics"]["loss"] for h in history], rel=1e-5)
     assert json.loads((plain / "all_results.json").read_text())["validation_history"] == history
     assert not (plain / "validation_predictions").exists()
