@@ -18,6 +18,10 @@ noisy settings.
 
 `--collect_only` records finished folds without training; with no name it only prints the log and redraws the chart.
 
+Seeds: one setting's figures move with `--seed` as much as settings differ, so a near miss is rerun with another
+seed under another name. `--compare A,A_seed1 B,B_seed1` then pools each group: per fold the mean over its settings,
+and the paired difference of those fold means (last-20-epoch AUC and ACC) with a 95% t-interval over folds.
+
 Distillation: each fold's student must learn from a teacher trained on that fold's training part (train.py refuses
 any other, which has seen the held-out images): cross-validate the teacher first, then pass
 `--teacher_model_name_or_path runs/cv/<teacher setting>/fold{fold}/best` in `--train_args`.
@@ -56,6 +60,10 @@ def parse_args(argv=None):
     parser.add_argument("--collect_only", action="store_true", help="Record the finished folds; train nothing.")
     parser.add_argument("--reference", default=None, help="The setting every other is compared with, fold by fold "
                                                           "(default: the log's first).")
+    parser.add_argument("--compare", nargs=2, metavar=("SETTINGS", "REFERENCE_SETTINGS"),
+                        help="Two comma-separated groups of the log's settings (e.g. one recipe run with --seed 0 "
+                             "and --seed 1, and its reference likewise): prints the paired difference of their "
+                             "per-fold means.")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}.")
@@ -106,10 +114,45 @@ def paired_difference(setting: dict, reference: dict, key: str = "validation_auc
     differ."""
     if setting["folds"] != reference["folds"]:
         return None
-    differences = [run[key] - ref[key] for run, ref in zip(setting["fold_runs"], reference["fold_runs"])]
+    return mean_and_interval([run[key] - ref[key] for run, ref in zip(setting["fold_runs"], reference["fold_runs"])])
+
+
+def mean_and_interval(differences: list[float]) -> dict:
+    """Mean ± std of per-fold differences and the mean's 95% t-interval."""
     mean, std = statistics.fmean(differences), statistics.stdev(differences)
     half_width = T_975[len(differences) - 1] * std / len(differences) ** 0.5
-    return {"mean": mean, "std": std, "ci95": [mean - half_width, mean + half_width]}
+    return {"mean": mean, "std": std, "ci95": [mean - half_width, mean + half_width], "per_fold": differences}
+
+
+def pooled_difference(log: dict, names: list[str], reference_names: list[str]) -> dict[str, dict]:
+    """Per fold, the mean of `names`' figures minus the mean of `reference_names'`, paired over folds: the figure of a
+    recipe tried with several seeds (each seed a setting of the log) against its reference tried likewise.
+    Returns {figure: mean_and_interval(...)} for the last-20-epoch AUC and ACC."""
+    settings = {s["name"]: s for s in log["settings"]}
+    missing = [name for name in names + reference_names if name not in settings]
+    if missing:
+        raise ValueError(f"--compare: {', '.join(missing)} not in the log; its settings: {', '.join(settings)}.")
+    fold_counts = {settings[name]["folds"] for name in names + reference_names}
+    if len(fold_counts) != 1:
+        raise ValueError(f"--compare: the settings have different fold counts ({sorted(fold_counts)}); pool only "
+                         "settings of the same K folds.")
+    folds = fold_counts.pop()
+
+    def fold_means(group: list[str], key: str) -> list[float]:
+        return [statistics.fmean(settings[name]["fold_runs"][fold][key] for name in group)
+                for fold in range(folds)]
+
+    return {key: mean_and_interval([a - b for a, b in zip(fold_means(names, key), fold_means(reference_names, key))])
+            for key in ("validation_auc_last20_mean", "validation_acc_last20_mean")}
+
+
+def pooled_lines(log: dict, names: list[str], reference_names: list[str]) -> list[str]:
+    lines = [f"pooled: mean of {' + '.join(names)} − mean of {' + '.join(reference_names)}, per fold:"]
+    for key, difference in pooled_difference(log, names, reference_names).items():
+        low, high = difference["ci95"]
+        lines.append(f"  {key}: {difference['mean']:+.4f} ± {difference['std']:.4f} [{low:+.4f}, {high:+.4f}]"
+                     f" (folds {', '.join(f'{d:+.4f}' for d in difference['per_fold'])})")
+    return lines
 
 
 def summary_lines(log: dict, reference_name: str | None = None) -> list[str]:
@@ -182,6 +225,8 @@ def main(argv=None):
         return 2
     try:
         print("\n".join(summary_lines(log, args.reference)))
+        if args.compare:
+            print("\n".join(pooled_lines(log, *[group.split(",") for group in args.compare])))
     except ValueError as error:
         print(f"cross_validate.py: error: {error}", file=sys.stderr)
         return 2

@@ -265,3 +265,52 @@ def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_v
         assert result.returncode == 2, result.stderr[-2000:]
         assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
         assert not output_dir.exists()
+
+
+def fake_setting(name: str, aucs: list[float], accs: list[float]) -> dict:
+    """A log setting with the figures pooled_difference reads (and the curves the chart draws)."""
+    runs = [{"name": f"{name}/fold{fold}", "validation_auc_last20_mean": auc, "validation_acc_last20_mean": acc,
+             "validation_auc_per_epoch": [auc] * 3} for fold, (auc, acc) in enumerate(zip(aucs, accs))]
+    summary = {key: {"mean": 0.0, "std": 0.0} for key in cross_validate.FIGURES}
+    return {"name": name, "folds": len(aucs), "summary": summary, "fold_runs": runs}
+
+
+def test_compare_pools_seeds_fold_by_fold_before_pairing(tmp_path, capsys):
+    # Two seeds of a recipe against two seeds of its reference, three folds: per fold the mean of each pair, then
+    # the paired difference. Seed 0 alone gains +0.02 on every fold; seed 1 alone loses on two: pooled, less.
+    log = {"what": "test", "settings": [
+        fake_setting("ref-s0", [0.80, 0.90, 0.70], [0.80, 0.80, 0.80]),
+        fake_setting("ref-s1", [0.82, 0.88, 0.72], [0.82, 0.80, 0.78]),
+        fake_setting("new-s0", [0.82, 0.92, 0.72], [0.81, 0.80, 0.80]),
+        fake_setting("new-s1", [0.81, 0.90, 0.71], [0.82, 0.79, 0.78]),
+    ]}
+    pooled = cross_validate.pooled_difference(log, ["new-s0", "new-s1"], ["ref-s0", "ref-s1"])
+    auc_per_fold = [(0.82 + 0.81) / 2 - (0.80 + 0.82) / 2, (0.92 + 0.90) / 2 - (0.90 + 0.88) / 2,
+                    (0.72 + 0.71) / 2 - (0.70 + 0.72) / 2]
+    mean, std = statistics.fmean(auc_per_fold), statistics.stdev(auc_per_fold)
+    half_width = 4.303 * std / 3**0.5  # t(0.975, 2 degrees of freedom): three folds
+    auc = pooled["validation_auc_last20_mean"]
+    assert auc["per_fold"] == pytest.approx(auc_per_fold)
+    assert (auc["mean"], auc["std"]) == pytest.approx((mean, std))
+    assert auc["ci95"] == pytest.approx([mean - half_width, mean + half_width])
+    acc_per_fold = [0.815 - 0.81, 0.795 - 0.80, 0.79 - 0.79]
+    assert pooled["validation_acc_last20_mean"]["per_fold"] == pytest.approx(acc_per_fold)
+    # one setting per group is the plain paired difference
+    single = cross_validate.pooled_difference(log, ["new-s0"], ["ref-s0"])["validation_auc_last20_mean"]
+    plain = cross_validate.paired_difference(log["settings"][2], log["settings"][0])
+    assert single["mean"] == pytest.approx(plain["mean"]) and single["ci95"] == pytest.approx(plain["ci95"])
+
+    # the command line prints the pooled figures after the table, and refuses names or fold counts that do not fit
+    path = tmp_path / "log.json"
+    path.write_text(json.dumps(log))
+    assert cross_validate.main([str(path), "--compare", "new-s0,new-s1", "ref-s0,ref-s1"]) == 0
+    out = capsys.readouterr().out
+    assert "pooled: mean of new-s0 + new-s1 − mean of ref-s0 + ref-s1" in out
+    assert (f"validation_auc_last20_mean: {mean:+.4f} ± {std:.4f} [{mean - half_width:+.4f}, "
+            f"{mean + half_width:+.4f}]") in out
+    assert cross_validate.main([str(path), "--compare", "new-s0,new-s2", "ref-s0"]) == 2
+    assert "--compare: new-s2 not in the log; its settings: ref-s0, ref-s1, new-s0, new-s1." in capsys.readouterr().err
+    log["settings"].append(fake_setting("two-folds", [0.8, 0.9], [0.8, 0.8]))
+    path.write_text(json.dumps(log))
+    assert cross_validate.main([str(path), "--compare", "two-folds", "ref-s0"]) == 2
+    assert "different fold counts ([2, 3])" in capsys.readouterr().err
