@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_results import ROOT, T_975, run_in_parallel  # noqa: E402
+from run_results import ROOT, mean_std_ci, run_in_parallel  # noqa: E402
 from search_log import search_entry  # noqa: E402
 
 FIGURES = ("validation_auc_last20_mean", "validation_acc_last20_mean", "validation_auc_at_best",
@@ -118,10 +118,8 @@ def paired_difference(setting: dict, reference: dict, key: str = "validation_auc
 
 
 def mean_and_interval(differences: list[float]) -> dict:
-    """Mean ± std of per-fold differences and the mean's 95% t-interval."""
-    mean, std = statistics.fmean(differences), statistics.stdev(differences)
-    half_width = T_975[len(differences) - 1] * std / len(differences) ** 0.5
-    return {"mean": mean, "std": std, "ci95": [mean - half_width, mean + half_width], "per_fold": differences}
+    """Mean ± std of per-fold differences and the mean's 95% t-interval (run_results' over seeds), with the folds'."""
+    return {**mean_std_ci(differences), "per_fold": differences}
 
 
 def pooled_difference(log: dict, names: list[str], reference_names: list[str]) -> dict[str, dict]:
