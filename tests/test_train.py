@@ -358,3 +358,22 @@ def test_tensorboard_logging_does_not_change_the_run(short_run, data_dir, tmp_pa
                              "--checkpoints_total_limit", "5", "--augmentation", "seed", "--report_to", "none"))
     logged, quiet = read_results(output_dir), read_results(tmp_path / "quiet")
     assert quiet["validation_history"] == logged["validation_history"]
+
+
+def test_bloodmnist_vit_takes_the_geometry_its_validation_split_chose_at_28_px_only():
+    # training.recipes.GEOMETRY_CHANGES: BloodMNIST's vit on a 14×14 grid at 28 px; every other case keeps the
+    # native geometry, and the user's own override still wins.
+    import train
+
+    def overrides(*argv):
+        return train.parse_args(["--model", *argv]).config_overrides
+
+    blood = overrides("vit", "--dataset", "bloodmnist")
+    assert (blood["patch_size"], blood["attention_head_dim"], blood["num_hidden_layers"]) == (2, 16, 4)
+    assert blood["pooling"] == "mean"  # the recipe's other fields are kept
+    for other in (overrides("vit", "--dataset", "breastmnist"), overrides("vit_lsa", "--dataset", "bloodmnist"),
+                  overrides("vit", "--dataset", "bloodmnist", "--image_size", "64")):
+        assert "attention_head_dim" not in other and "num_hidden_layers" not in other
+        assert other["patch_size"] == {28: 4, 64: 8}[other["image_size"]]
+    assert "attention_head_dim" not in overrides("vit", "--dataset", "bloodmnist", "--recipe", "seed")
+    assert overrides("vit", "--dataset", "bloodmnist", "--config_overrides", "patch_size=4")["patch_size"] == 4
