@@ -74,6 +74,19 @@ def parse_config_overrides(text: str) -> dict:
     return overrides
 
 
+AUGMENTATION_OVERRIDES = ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate", "zoom", "rotation_degrees",
+                          "vertical_flip")
+
+
+def build_augmentation(args) -> data.AugmentationConfig:
+    """The preset named by --augmentation with every field the command line (or the recipe) set on top of it."""
+    augmentation = data.AugmentationConfig.preset(args.augmentation)
+    for key in AUGMENTATION_OVERRIDES:
+        if getattr(args, key) is not None:
+            augmentation = dataclasses.replace(augmentation, **{key: getattr(args, key)})
+    return augmentation
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -129,7 +142,10 @@ def parse_args(argv=None):
     add("--zoom", type=float, default=None,
         help="Override the preset's random zoom: scale by U(1 - z, 1 + z) (seed: 0.3; 0 = off).")
     add("--rotation_degrees", type=float, default=None,
-        help="Override the preset's random rotation: U(-d, d) degrees (seed: 10.8; 0 = off).")
+        help="Override the preset's random rotation: U(-d, d) degrees (seed: 10.8; 180 = any angle; 0 = off).")
+    add("--vertical_flip", action=argparse.BooleanOptionalAction, default=None,
+        help="Also flip each image upside down with probability 1/2 (no preset does; with --rotation_degrees 180 "
+             "every orientation is equally likely, for images without an up, such as cells under a microscope).")
     add("--teacher_model_name_or_path", nargs="+", default=None,
         help="Distil from this trained model (a runs/<run>/best folder or Hub id, trained on the same data set): "
              "the loss becomes (1 - alpha) * task loss + alpha * distillation loss (training/distillation.py). "
@@ -333,10 +349,7 @@ def main(argv=None):
                 check_teacher_held_out_the_same_fold(teacher_path, args.dataset, args.cross_validation_folds,
                                                      args.cross_validation_fold)
         teacher = TeacherEnsemble(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
-        augmentation = data.AugmentationConfig.preset(args.augmentation)
-        for key in ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate", "zoom", "rotation_degrees"):
-            if getattr(args, key) is not None:
-                augmentation = dataclasses.replace(augmentation, **{key: getattr(args, key)})
+        augmentation = build_augmentation(args)
     except ValueError as error:
         accelerator.print(f"train.py: error: {error}")
         sys.exit(2)

@@ -318,6 +318,19 @@ def test_each_sample_gets_its_own_parameters():
     assert 0.2 < flipped < 0.8  # flipped per sample, not per batch
 
 
+def test_vertical_flip_turns_each_sample_upside_down_or_leaves_it():
+    images = _batch(1, n=64)
+    torch.manual_seed(0)
+    transform = BatchTransform(AugmentationConfig(vertical_flip=True), 28, [0.5], [0.5])
+    out, plain = transform(images, train=True), transform(images, train=False)
+    upside_down = (out - plain.flip(-2)).abs().amax((1, 2, 3)) < 1e-5
+    unchanged = (out - plain).abs().amax((1, 2, 3)) < 1e-5
+    assert bool((upside_down ^ unchanged).all())  # an exact flip of the rows, or nothing
+    assert 0.2 < upside_down.float().mean().item() < 0.8  # per sample, not per batch
+    sideways = BatchTransform(AugmentationConfig(horizontal_flip=True), 28, [0.5], [0.5])(images, train=True)
+    assert not ((sideways - plain.flip(-2)).abs().amax((1, 2, 3)) < 1e-5).any()  # the other flag flips columns
+
+
 def test_same_seed_same_batch():
     images = _batch(3)
     transform = BatchTransform(AugmentationConfig.strong(), 72, [0.5] * 3, [0.25] * 3)

@@ -323,6 +323,19 @@ def test_config_overrides_are_typed_and_take_python_or_json_booleans():
         train.parse_config_overrides("patch_size=4,pooling")
 
 
+def test_vertical_flip_is_off_unless_asked_and_can_be_turned_off_again():
+    import train
+
+    for dataset in ("breastmnist", "bloodmnist"):
+        assert train.parse_args(["--model", "cnn", "--dataset", dataset]).vertical_flip is None  # the preset's: off
+    assert train.parse_args(["--model", "vit", "--no-vertical_flip"]).vertical_flip is False
+    augmentation = train.build_augmentation(train.parse_args(
+        ["--model", "vit", "--dataset", "bloodmnist", "--vertical_flip", "--rotation_degrees", "180"]))
+    assert (augmentation.vertical_flip, augmentation.horizontal_flip) == (True, True)  # on top of the preset's
+    assert (augmentation.rotation_degrees, augmentation.zoom) == (180.0, 0.0)
+    assert not train.build_augmentation(train.parse_args(["--model", "vit"])).vertical_flip
+
+
 def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the_user(monkeypatch):
     import train
     from training import recipes
