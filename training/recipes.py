@@ -91,7 +91,8 @@ RECIPES = {
 # zoom blurs it: without it the CNN's validation ACC rose on every seed (0.939 -> 0.963 at 30 epochs) and the ViT's
 # too (docs/experiments.md, session 14); on BreastMNIST dropping it changed nothing in cross-validation. (Random
 # shifts alone for SPT + LSA on BreastMNIST, chosen on its 78-image validation split, were no better in 5-fold
-# cross-validation: undone.)
+# cross-validation: undone.) BloodMNIST's vit keeps the preset's flip / rotation: any orientation (vertical flip +
+# rotation ±180°) and no augmentation at all were both lower on validation (session 21, docs/experiments.md).
 # BreastMNIST: keep the last epoch, not the best validation AUC. On 78 validation images the best of 100 noisy epochs
 # is partly luck: judged on held-out halves it did not choose on (benchmarks/selection_study.py, 15 cross-validation
 # fold runs of three models), the last epoch scored +0.011 AUC [+0.004, +0.019] and +0.014 ACC (docs/experiments.md).
