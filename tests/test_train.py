@@ -383,6 +383,7 @@ def test_bloodmnist_vit_takes_the_geometry_its_validation_split_chose_at_28_px_o
 
     blood = overrides("vit", "--dataset", "bloodmnist")
     assert (blood["patch_size"], blood["attention_head_dim"], blood["num_hidden_layers"]) == (2, 16, 4)
+    assert (blood["hidden_size"], blood["intermediate_size"]) == (128, 256)
     assert blood["pooling"] == "mean"  # the recipe's other fields are kept
     for other in (overrides("vit", "--dataset", "breastmnist"), overrides("vit_lsa", "--dataset", "bloodmnist"),
                   overrides("vit", "--dataset", "bloodmnist", "--image_size", "64")):
