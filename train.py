@@ -43,6 +43,7 @@ from training.distillation import (DISTILLATION_TYPES, TeacherEnsemble, check_te
 from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPusher, model_card, redact_argv
 from training.recipes import RECIPE_NAMES, recipe_defaults
+from training.masked_autoencoder import MaskedAutoencoder
 from training.relative_localization import RelativeLocalizationHead
 
 logger = get_logger(__name__)
@@ -122,6 +123,10 @@ def parse_args(argv=None):
         help="ViTs: add this weight times the dense relative localization loss (DRLoc, Liu et al. 2021: a training-"
              "only MLP regresses how far apart random pairs of output tokens lie); 0 = off.")
     add("--relative_localization_pairs", type=int, default=32, help="Token pairs per image and step for DRLoc.")
+    add("--mae_epochs", type=int, default=0,
+        help="ViTs: first pre-train the encoder as a masked autoencoder (MAE, He et al. 2022) on the training images "
+             "for this many epochs, without labels (training/masked_autoencoder.py), then train as usual; 0 = off.")
+    add("--mae_mask_ratio", type=float, default=0.75, help="Fraction of patches hidden in MAE pre-training.")
     add("--gradient_accumulation_steps", type=int, default=1)
     add("--seed", type=int, default=42, help="Random seed: fixes initialisation, data order and augmentation.")
     add("--config_overrides", default=None, help="Model config fields, e.g. 'image_size=28,patch_size=4'. Added to "
@@ -196,6 +201,8 @@ def parse_args(argv=None):
                      f"--relative_localization_pairs >= 1 (got {args.relative_localization_pairs}).")
     if args.relative_localization_weight > 0 and args.model == "cnn":
         parser.error("--relative_localization_weight needs a token grid: use it with a ViT (--model vit, vit_lsa or vit_conv_lsa).")
+    if args.mae_epochs < 0:
+        parser.error(f"--mae_epochs must be >= 0 (0 = no pre-training), got {args.mae_epochs}.")
     if args.sam_rho > 0 and args.gradient_accumulation_steps > 1:
         parser.error("--sam_rho needs the gradient of each whole batch: use it with --gradient_accumulation_steps 1.")
     if (args.cross_validation_folds > 0) != (args.cross_validation_fold is not None):
@@ -290,6 +297,48 @@ def build_optimizer(args, *modules):
     return torch.optim.AdamW(groups, lr=args.learning_rate)
 
 
+def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_transform) -> list[float]:
+    """--mae_epochs of self-supervised MAE pre-training on the (augmented) training images, labels unused: trains
+    the model's tokenizer, position embeddings and blocks in place; the decoder is thrown away afterwards. Same
+    optimizer, peak learning rate and weight decay as the supervised stage; warm-up over 10% of the steps, then
+    cosine. Returns the mean reconstruction loss of each epoch."""
+    autoencoder = MaskedAutoencoder(model, args.mae_mask_ratio).to(accelerator.device)
+    loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed + 1)
+    optimizer = build_optimizer(args, autoencoder)
+    autoencoder, optimizer, loader = accelerator.prepare(autoencoder, optimizer, loader)
+    steps = args.mae_epochs * len(loader)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=round(0.1 * steps), num_training_steps=steps)
+    progress = tqdm(total=steps, desc="MAE pre-training", disable=not accelerator.is_local_main_process)
+    autoencoder.train()
+    epoch_losses = []
+    for epoch in range(args.mae_epochs):
+        loader.set_epoch(epoch)
+        epoch_loss = torch.zeros((), device=accelerator.device)
+        for indices in loader:
+            images, _ = train_split.batch(indices)
+            loss = autoencoder(train_transform(images, train=True))
+            accelerator.backward(loss)
+            if args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(autoencoder.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            epoch_loss += loss.detach()
+            progress.update(1)
+        mean_loss = accelerator.reduce(epoch_loss, reduction="mean").item() / len(loader)
+        if not math.isfinite(mean_loss):
+            raise RuntimeError(f"MAE pre-training loss became {mean_loss} in epoch {epoch + 1}: lower --learning_rate.")
+        progress.set_postfix(loss=f"{mean_loss:.4f}")
+        epoch_losses.append(mean_loss)
+    progress.close()
+    logger.info(f"MAE pre-training: {args.mae_epochs} epochs, final reconstruction loss {mean_loss:.4f}",
+                main_process_only=True)
+    # Forget the autoencoder, its optimizer and loader: only the supervised stage's objects are checkpointed.
+    accelerator.free_memory()
+    model.train()
+    return epoch_losses
+
+
 def save_model_folder(accelerator, model, processor, folder: Path) -> None:
     """`save_pretrained` model + processor into `folder`, atomically (written beside it, then renamed)."""
     if not accelerator.is_main_process:
@@ -350,6 +399,8 @@ def main(argv=None):
                                                      args.cross_validation_fold)
         teacher = TeacherEnsemble(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
         augmentation = build_augmentation(args)
+        if args.mae_epochs:
+            MaskedAutoencoder.check_config(model.config, args.mae_mask_ratio)
     except ValueError as error:
         accelerator.print(f"train.py: error: {error}")
         sys.exit(2)
@@ -368,6 +419,10 @@ def main(argv=None):
     processor = models.build_image_processor(image_size, mean, std)
     if teacher is not None:
         teacher.adapt_inputs(mean, std, accelerator.device)
+
+    mae_losses = []
+    if args.mae_epochs and checkpoint is None:  # a resumed run's checkpoint already holds the pre-trained encoder
+        mae_losses = pretrain_masked_autoencoder(args, accelerator, model, train_split, train_transform)
 
     train_loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed,
                                      repeats=args.repeated_augmentation)
@@ -410,7 +465,7 @@ def main(argv=None):
     state = {
         "model": args.model, "dataset": args.dataset, "model_config": config_record(accelerator.unwrap_model(model)),
         "epoch": 0, "batches_in_epoch": 0, "global_step": 0,
-        "best_metric": None, "best_epoch": None, "best_checkpoint": None, "history": [],
+        "best_metric": None, "best_epoch": None, "best_checkpoint": None, "history": [], "mae_losses": mae_losses,
     }
     best_weights, seconds_before_resuming = None, 0.0
     if checkpoint is not None:
@@ -426,6 +481,8 @@ def main(argv=None):
         (output_dir / "run_config.json").write_text(json.dumps(config, indent=2, default=str))
     if args.report_to != "none":
         accelerator.init_trackers(output_dir.name, config=tensorboard_hparams(config))
+    for epoch, mae_loss in enumerate(mae_losses):
+        accelerator.log({"pretrain/mae_loss": mae_loss}, step=epoch + 1)
     writer = None  # the SummaryWriter, for images and figures
     if accelerator.is_main_process and any(t.name == "tensorboard" for t in accelerator.trackers):
         writer = accelerator.get_tracker("tensorboard", unwrap=True)
@@ -602,6 +659,7 @@ def main(argv=None):
         all_results = {
             **summary,
             "validation_history": state["history"],
+            "mae_losses": state.get("mae_losses", []),  # the MAE pre-training's loss per epoch (--mae_epochs)
             "config": config,
             "model_config": unwrapped.config.to_dict(),
             "num_parameters": sum(p.numel() for p in unwrapped.parameters()),

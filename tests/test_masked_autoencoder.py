@@ -1,0 +1,122 @@
+"""MAE pre-training (training/masked_autoencoder.py, train.py --mae_epochs)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import models
+from tiny_runs import train_tiny_vit
+from training.masked_autoencoder import MaskedAutoencoder
+
+
+def tiny_vit(model="vit_lsa", pooling="mean", **overrides):
+    return models.build_model(model, 1, 2, image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+                              attention_head_dim=8, intermediate_size=32, pooling=pooling, head_hidden_sizes=[],
+                              drop_path_rate=0.0, **overrides)
+
+
+def encoder_tokens(autoencoder, pixels, seed):
+    """The encoder's output (after its final LayerNorm) in one forward pass with the mask drawn from `seed`."""
+    captured = []
+    hook = autoencoder.encoder.head.norm.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    torch.manual_seed(seed)
+    loss = autoencoder(pixels)
+    hook.remove()
+    return captured[0], loss
+
+
+@pytest.mark.parametrize("model,pooling", [("vit_lsa", "mean"), ("vit_lsa", "cls"), ("vit", "mean")])
+def test_masked_patches_never_reach_the_encoder(model, pooling):
+    autoencoder = MaskedAutoencoder(tiny_vit(model, pooling), mask_ratio=0.5).eval()
+    pixels = torch.randn(2, 1, 16, 16)
+    torch.manual_seed(0)
+    masked = autoencoder.random_masking(2, pixels.device)  # the mask the forward passes below draw
+    assert masked.sum(dim=1).tolist() == [8, 8]
+    hidden_patch = int(masked[0].nonzero()[0])
+    visible_patch = int((~masked[0]).nonzero()[0])
+
+    def changed(patch):
+        other = pixels.clone()
+        row, column = divmod(patch, 4)
+        other[0, :, 4 * row:4 * row + 4, 4 * column:4 * column + 4] += 3.0 * torch.randn(1, 4, 4)
+        return other
+
+    tokens, loss = encoder_tokens(autoencoder, pixels, seed=0)
+    # A masked patch's pixels change only the loss's target, never what the encoder sees (SPT's shifted copies
+    # would carry its edges into the neighbouring tokens if the pixels were not blanked first).
+    tokens_hidden_changed, loss_hidden_changed = encoder_tokens(autoencoder, changed(hidden_patch), seed=0)
+    torch.testing.assert_close(tokens_hidden_changed, tokens)
+    assert not torch.isclose(loss_hidden_changed, loss)
+    tokens_visible_changed, _ = encoder_tokens(autoencoder, changed(visible_patch), seed=0)
+    assert not torch.allclose(tokens_visible_changed, tokens)
+    assert tokens.shape == (2, 8 + (pooling == "cls"), 16)  # the encoder ran on the visible tokens only
+
+
+def test_the_reconstruction_loss_falls_and_only_the_encoder_stays_in_the_classifier():
+    torch.manual_seed(0)
+    classifier = tiny_vit()
+    autoencoder = MaskedAutoencoder(classifier, mask_ratio=0.75)
+    # Images with structure to learn: smooth gradients in random directions.
+    ramp = torch.linspace(-1, 1, 16)
+    directions = torch.randn(32, 2, 1, 1)
+    pixels = (directions[:, :1] * ramp.view(1, 16, 1) + directions[:, 1:] * ramp.view(1, 1, 16))  # (32, 1, 16, 16)
+    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=3e-3)
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    losses = []
+    for _ in range(60):
+        loss = autoencoder(pixels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses
+    after = classifier.state_dict()
+    assert after.keys() == before.keys()  # no decoder weights in the classifier
+    assert not torch.equal(after["embeddings.tokenizer.projection.weight"],
+                           before["embeddings.tokenizer.projection.weight"])
+    torch.testing.assert_close(after["head.classifier.weight"], before["head.classifier.weight"])  # no labels used
+
+
+@pytest.mark.parametrize("model,message", [("cnn", "needs a ViT"), ("vit_conv_lsa", "convolutional tokenizer")])
+def test_models_without_one_token_per_patch_are_refused(model, message):
+    built = models.build_model(model, 1, 2, image_size=16, **({} if model == "cnn" else {"patch_size": 4}))
+    with pytest.raises(ValueError, match=message):
+        MaskedAutoencoder.check_config(built.config, 0.75)
+    with pytest.raises(ValueError, match="must lie in"):
+        MaskedAutoencoder.check_config(tiny_vit().config, 1.0)
+
+
+@pytest.fixture(scope="module")
+def mae_run(data_dir, tmp_path_factory):
+    return train_tiny_vit(data_dir, tmp_path_factory.mktemp("mae") / "run", "--mae_epochs", "3", epochs=2)
+
+
+def test_train_py_pretrains_then_trains_and_saves_the_plain_classifier(mae_run, data_dir, tmp_path):
+    plain = train_tiny_vit(data_dir, tmp_path / "plain", epochs=2)
+    saved, plain_saved = (load_file(run / "last" / "model.safetensors") for run in (mae_run, plain))
+    assert saved.keys() == plain_saved.keys()  # the decoder is not part of the saved model
+    assert any(not torch.equal(saved[k], plain_saved[k]) for k in saved)
+    results = json.loads((mae_run / "all_results.json").read_text())
+    assert len(results["mae_losses"]) == 3 and all(0 < loss < 10 for loss in results["mae_losses"])
+    assert json.loads((plain / "all_results.json").read_text())["mae_losses"] == []
+    assert json.loads((mae_run / "run_config.json").read_text())["mae_epochs"] == 3
+
+
+def test_train_py_refuses_bad_mae_arguments(data_dir, tmp_path, capsys):
+    import train
+
+    for argv, message in ((["--mae_epochs", "-1"], "--mae_epochs must be >= 0"),):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+        assert message in capsys.readouterr().err
+    for argv, message in ((["--model", "cnn"], "needs a ViT"), (["--model", "vit_conv_lsa"], "convolutional tokenizer"),
+                          (["--mae_mask_ratio", "0"], "must lie in (0, 1)")):
+        output_dir = tmp_path / "never"
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--dataset", "breastmnist", "--data_dir", str(data_dir), "--no_verify_checksum",
+                        "--output_dir", str(output_dir), "--mae_epochs", "1", *argv])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().out
+        assert not output_dir.exists()

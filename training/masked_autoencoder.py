@@ -1,0 +1,116 @@
+"""Masked-autoencoder pre-training of a ViT on its own training images (He, Chen, Xie, Li, Dollár & Girshick 2022,
+"Masked Autoencoders Are Scalable Vision Learners"), the self-supervised stage `train.py --mae_epochs` runs before
+the supervised one. No labels and no other data are used: the model is still trained from scratch.
+
+Each step hides a random `mask_ratio` of the patches of every image. The masked patches' pixels are set to 0 (the
+data set's mean after normalisation) before tokenizing, so that no tokenizer can see them: SPT's shifted copies and
+the convolutional tokenizer's overlapping filters would otherwise carry a masked patch's edges into its neighbours'
+tokens. The encoder (the classifier's own tokenizer, position embeddings, transformer blocks and final LayerNorm)
+runs on the visible tokens only; a small decoder (a linear map, a mask token, its own position embeddings, one
+transformer block, a linear map to pixels) sees every position and predicts each masked patch's pixels, normalised
+per patch (MAE's `norm_pix_loss`), under a mean squared error. The decoder is a training-only module: after
+pre-training it is dropped and the classifier keeps the encoder's weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.modeling_vit import MedViTForImageClassification, MedViTLayer, patchify
+
+
+class MaskedAutoencoder(nn.Module):
+    """A classifier's encoder plus MAE's decoder; `forward(pixel_values)` returns the reconstruction loss.
+
+    Args:
+        model: the `MedViTForImageClassification` to pre-train (its weights are trained in place).
+        mask_ratio: the fraction of patches hidden from the encoder in every image (MAE: 0.75).
+        decoder_layers: transformer blocks of the decoder (MAE: 8 at width 512 for ViT-L; one suffices for
+            a 64-wide model on 28-px images).
+    """
+
+    def __init__(self, model: MedViTForImageClassification, mask_ratio: float = 0.75, decoder_layers: int = 1):
+        super().__init__()
+        config = model.config
+        self.check_config(config, mask_ratio)
+        self.encoder = model
+        self.mask_ratio = mask_ratio
+        self.patch_size = config.patch_size
+        self.num_patches = config.num_patches
+        width = config.hidden_size
+        # The decoder's blocks: plain attention as in MAE, no dropout.
+        decoder_config = copy.deepcopy(config)
+        decoder_config.use_locality_self_attention = False
+        decoder_config.hidden_dropout_prob = decoder_config.attention_probs_dropout_prob = 0.0
+        self.decoder_embed = nn.Linear(width, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.decoder_position_embeddings = nn.Parameter(torch.zeros(1, self.num_patches, width))
+        self.decoder_layers = nn.ModuleList([MedViTLayer(decoder_config, 0.0) for _ in range(decoder_layers)])
+        self.decoder_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.decoder_prediction = nn.Linear(width, self.patch_size**2 * config.num_channels)
+        for parameter in (self.mask_token, self.decoder_position_embeddings):
+            nn.init.trunc_normal_(parameter, std=config.initializer_range)
+        for module in [self.decoder_embed, self.decoder_prediction, *self.decoder_layers.modules()]:
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=config.initializer_range)
+                nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def check_config(config, mask_ratio: float) -> None:
+        """Raise ValueError, saying what to change, if this model cannot be pre-trained so."""
+        if getattr(config, "model_type", None) != "medmnist_vit":
+            raise ValueError("MAE pre-training (--mae_epochs) needs a ViT: --model vit or vit_lsa.")
+        if config.use_convolutional_tokenizer or config.pooling == "flatten":
+            # Both need the whole token grid: the tokenizer's pooling mixes patches, the head reads every token.
+            raise ValueError("MAE pre-training (--mae_epochs) needs one token per patch and a head that pools: use "
+                             "SPT or the plain tokenizer (--model vit or vit_lsa) with pooling mean, attention or "
+                             "cls, not the convolutional tokenizer (vit_conv_lsa) or pooling=flatten.")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"--mae_mask_ratio must lie in (0, 1) (MAE: 0.75), got {mask_ratio}.")
+
+    def random_masking(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """(B, N) bool, True where a patch is hidden: exactly round(mask_ratio · N) per image, drawn from the global
+        RNG (seeded by train.py)."""
+        num_masked = round(self.mask_ratio * self.num_patches)
+        ranks = torch.rand(batch_size, self.num_patches, device=device).argsort(dim=1)
+        return ranks < num_masked
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        encoder, p = self.encoder, self.patch_size
+        batch, _, height, width = pixel_values.shape
+        masked = self.random_masking(batch, pixel_values.device)  # (B, N)
+        grid = masked.view(batch, 1, height // p, width // p).float()
+        pixel_mask = F.interpolate(grid, scale_factor=p, mode="nearest").bool()  # (B, 1, H, W)
+        hidden_pixels = pixel_values.masked_fill(pixel_mask, 0.0)
+
+        embeddings = encoder.embeddings
+        first_grid_token = 1 if embeddings.cls_token is not None else 0
+        tokens = embeddings.tokenizer(hidden_pixels) + embeddings.position_embeddings[:, first_grid_token:]
+        num_visible = self.num_patches - int(masked[0].sum())
+        visible_index = (~masked).nonzero()[:, 1].view(batch, num_visible)  # ascending grid order
+        tokens = tokens.gather(1, visible_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        if embeddings.cls_token is not None:
+            cls = embeddings.cls_token + embeddings.position_embeddings[:, :1]
+            tokens = torch.cat([cls.expand(batch, -1, -1).to(tokens.dtype), tokens], dim=1)
+        tokens = embeddings.dropout(tokens)
+        for layer in encoder.layers:
+            tokens = layer(tokens)
+        tokens = encoder.head.norm(tokens)[:, first_grid_token:]
+
+        # The decoder: visible tokens back in place, the mask token everywhere else.
+        decoded = self.mask_token.to(tokens.dtype).expand(batch, self.num_patches, -1).clone()
+        decoded = decoded.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, decoded.shape[-1]),
+                                  self.decoder_embed(tokens).to(decoded.dtype))
+        decoded = decoded + self.decoder_position_embeddings
+        for layer in self.decoder_layers:
+            decoded = layer(decoded)
+        prediction = self.decoder_prediction(self.decoder_norm(decoded)).float()  # (B, N, p·p·C)
+
+        target = patchify(pixel_values.float(), p)
+        target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        per_patch = (prediction - target).pow(2).mean(dim=-1)
+        return (per_patch * masked).sum() / masked.sum()
