@@ -20,7 +20,7 @@ def tiny_vit(model="vit_lsa", pooling="mean", **overrides):
 def encoder_tokens(autoencoder, pixels, seed):
     """The encoder's output (after its final LayerNorm) in one forward pass with the mask drawn from `seed`."""
     captured = []
-    hook = autoencoder.encoder.head.norm.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    hook = autoencoder.final_norm.register_forward_hook(lambda module, inputs, output: captured.append(output))
     torch.manual_seed(seed)
     loss = autoencoder(pixels)
     hook.remove()
@@ -90,7 +90,8 @@ def test_models_without_one_token_per_patch_are_refused(model, message):
 
 @pytest.fixture(scope="module")
 def mae_run(data_dir, tmp_path_factory):
-    return train_tiny_vit(data_dir, tmp_path_factory.mktemp("mae") / "run", "--mae_epochs", "3", epochs=2)
+    return train_tiny_vit(data_dir, tmp_path_factory.mktemp("mae") / "run", "--mae_epochs", "3", "--report_to",
+                          "tensorboard", epochs=2)
 
 
 def test_train_py_pretrains_then_trains_and_saves_the_plain_classifier(mae_run, data_dir, tmp_path):
@@ -102,6 +103,16 @@ def test_train_py_pretrains_then_trains_and_saves_the_plain_classifier(mae_run, 
     assert len(results["mae_losses"]) == 3 and all(0 < loss < 10 for loss in results["mae_losses"])
     assert json.loads((plain / "all_results.json").read_text())["mae_losses"] == []
     assert json.loads((mae_run / "run_config.json").read_text())["mae_epochs"] == 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = []
+    for event_file in (mae_run / "runs").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if "pretrain/mae_loss" in accumulator.Tags()["scalars"]:
+            logged += [(e.step, e.value) for e in accumulator.Scalars("pretrain/mae_loss")]
+    assert [step for step, _ in logged] == [1, 2, 3]
+    assert [value for _, value in logged] == pytest.approx(results["mae_losses"])
 
 
 def test_train_py_refuses_bad_mae_arguments(data_dir, tmp_path, capsys):
@@ -120,3 +131,31 @@ def test_train_py_refuses_bad_mae_arguments(data_dir, tmp_path, capsys):
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().out
         assert not output_dir.exists()
+
+
+def test_two_processes_pretrain_and_train_together(data_dir, tmp_path):
+    """DistributedDataParallel over the autoencoder, then over the classifier: every parameter it wraps must get a
+    gradient, and the autoencoder's wrapper must be gone before the classifier's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tiny_runs import ROOT, TINY_VIT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(port), "train.py",
+               "--model", "vit_lsa", "--dataset", "breastmnist", "--data_dir", str(data_dir), "--no_verify_checksum",
+               "--output_dir", str(tmp_path / "two"), "--num_epochs", "2", "--per_device_train_batch_size", "16",
+               "--report_to", "none", "--config_overrides", TINY_VIT, "--skip_test", "--mae_epochs", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    assert results["hardware"]["num_processes"] == 2
+    assert len(results["mae_losses"]) == 2
+    assert len(results["validation_history"]) == 2

@@ -37,7 +37,9 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         config = model.config
         self.check_config(config, mask_ratio)
-        self.encoder = model
+        # The encoder: the classifier's own modules (shared, trained in place), not its head's pooling and classifier,
+        # which MAE does not use (DistributedDataParallel requires every parameter of the module to get a gradient).
+        self.embeddings, self.layers, self.final_norm = model.embeddings, model.layers, model.head.norm
         self.mask_ratio = mask_ratio
         self.patch_size = config.patch_size
         self.num_patches = config.num_patches
@@ -80,14 +82,14 @@ class MaskedAutoencoder(nn.Module):
         return ranks < num_masked
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        encoder, p = self.encoder, self.patch_size
+        p = self.patch_size
         batch, _, height, width = pixel_values.shape
         masked = self.random_masking(batch, pixel_values.device)  # (B, N)
         grid = masked.view(batch, 1, height // p, width // p).float()
         pixel_mask = F.interpolate(grid, scale_factor=p, mode="nearest").bool()  # (B, 1, H, W)
         hidden_pixels = pixel_values.masked_fill(pixel_mask, 0.0)
 
-        embeddings = encoder.embeddings
+        embeddings = self.embeddings
         first_grid_token = 1 if embeddings.cls_token is not None else 0
         tokens = embeddings.tokenizer(hidden_pixels) + embeddings.position_embeddings[:, first_grid_token:]
         num_visible = self.num_patches - int(masked[0].sum())
@@ -97,9 +99,9 @@ class MaskedAutoencoder(nn.Module):
             cls = embeddings.cls_token + embeddings.position_embeddings[:, :1]
             tokens = torch.cat([cls.expand(batch, -1, -1).to(tokens.dtype), tokens], dim=1)
         tokens = embeddings.dropout(tokens)
-        for layer in encoder.layers:
+        for layer in self.layers:
             tokens = layer(tokens)
-        tokens = encoder.head.norm(tokens)[:, first_grid_token:]
+        tokens = self.final_norm(tokens)[:, first_grid_token:]
 
         # The decoder: visible tokens back in place, the mask token everywhere else.
         decoded = self.mask_token.to(tokens.dtype).expand(batch, self.num_patches, -1).clone()
