@@ -127,6 +127,9 @@ def parse_args(argv=None):
         help="ViTs: first pre-train the encoder as a masked autoencoder (MAE, He et al. 2022) on the training images "
              "for this many epochs, without labels (training/masked_autoencoder.py), then train as usual; 0 = off.")
     add("--mae_mask_ratio", type=float, default=0.75, help="Fraction of patches hidden in MAE pre-training.")
+    add("--mae_target", choices=("patch_normalized", "pixels"), default="patch_normalized",
+        help="What MAE reconstructs: each hidden patch's pixels normalised by its own mean and std (MAE's default: "
+             "texture and edges) or the pixels as the model sees them (brightness too).")
     add("--gradient_accumulation_steps", type=int, default=1)
     add("--seed", type=int, default=42, help="Random seed: fixes initialisation, data order and augmentation.")
     add("--config_overrides", default=None, help="Model config fields, e.g. 'image_size=28,patch_size=4'. Added to "
@@ -302,7 +305,8 @@ def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_tra
     the model's tokenizer, position embeddings and blocks in place; the decoder is thrown away afterwards. Same
     optimizer, peak learning rate and weight decay as the supervised stage; warm-up over 10% of the steps, then
     cosine. Returns the mean reconstruction loss of each epoch."""
-    autoencoder = MaskedAutoencoder(model, args.mae_mask_ratio).to(accelerator.device)
+    autoencoder = MaskedAutoencoder(model, args.mae_mask_ratio,
+                                    normalize_target=args.mae_target == "patch_normalized").to(accelerator.device)
     loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed + 1)
     optimizer = build_optimizer(args, autoencoder)
     autoencoder, optimizer, loader = accelerator.prepare(autoencoder, optimizer, loader)

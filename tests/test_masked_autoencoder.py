@@ -159,3 +159,19 @@ def test_two_processes_pretrain_and_train_together(data_dir, tmp_path):
     assert results["hardware"]["num_processes"] == 2
     assert len(results["mae_losses"]) == 2
     assert len(results["validation_history"]) == 2
+
+
+def test_the_pixel_target_sees_brightness_and_the_normalised_one_does_not():
+    torch.manual_seed(0)
+    classifier = tiny_vit()
+    pixels = torch.randn(2, 1, 16, 16)
+    torch.manual_seed(1)
+    masked = MaskedAutoencoder(classifier, mask_ratio=0.5).random_masking(2, pixels.device)
+    row, column = divmod(int(masked[0].nonzero()[0]), 4)
+    brighter = pixels.clone()
+    brighter[0, :, 4 * row:4 * row + 4, 4 * column:4 * column + 4] += 2.0  # a hidden patch, brighter throughout
+    for normalize_target, changes in ((True, False), (False, True)):
+        autoencoder = MaskedAutoencoder(classifier, mask_ratio=0.5, normalize_target=normalize_target).eval()
+        _, loss = encoder_tokens(autoencoder, pixels, seed=1)
+        _, loss_brighter = encoder_tokens(autoencoder, brighter, seed=1)
+        assert bool(not torch.isclose(loss, loss_brighter)) == changes, (normalize_target, loss, loss_brighter)

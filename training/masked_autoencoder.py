@@ -3,13 +3,13 @@
 the supervised one. No labels and no other data are used: the model is still trained from scratch.
 
 Each step hides a random `mask_ratio` of the patches of every image. The masked patches' pixels are set to 0 (the
-data set's mean after normalisation) before tokenizing, so that no tokenizer can see them: SPT's shifted copies and
-the convolutional tokenizer's overlapping filters would otherwise carry a masked patch's edges into its neighbours'
-tokens. The encoder (the classifier's own tokenizer, position embeddings, transformer blocks and final LayerNorm)
-runs on the visible tokens only; a small decoder (a linear map, a mask token, its own position embeddings, one
-transformer block, a linear map to pixels) sees every position and predicts each masked patch's pixels, normalised
-per patch (MAE's `norm_pix_loss`), under a mean squared error. The decoder is a training-only module: after
-pre-training it is dropped and the classifier keeps the encoder's weights.
+data set's mean after normalisation) before tokenizing, so that the tokenizer cannot see them: SPT's shifted copies
+would otherwise carry a masked patch's edges into its neighbours' tokens. The encoder (the classifier's own
+tokenizer, position embeddings, transformer blocks and final LayerNorm) runs on the visible tokens only; a small
+decoder (a linear map, a mask token, its own position embeddings, one transformer block, a linear map to pixels)
+sees every position and predicts each masked patch's pixels (by default normalised per patch, MAE's
+`norm_pix_loss`) under a mean squared error. The decoder is a training-only module: after pre-training it is
+dropped and the classifier keeps the encoder's weights.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ class MaskedAutoencoder(nn.Module):
         mask_ratio: the fraction of patches hidden from the encoder in every image (MAE: 0.75).
         decoder_layers: transformer blocks of the decoder (MAE: 8 at width 512 for ViT-L; one suffices for
             a 64-wide model on 28-px images).
+        normalize_target: predict each patch's pixels normalised by the patch's own mean and standard deviation
+            (MAE's `norm_pix_loss`: texture and edges), or else the pixels as the model sees them (brightness too).
     """
 
-    def __init__(self, model: MedViTForImageClassification, mask_ratio: float = 0.75, decoder_layers: int = 1):
+    def __init__(self, model: MedViTForImageClassification, mask_ratio: float = 0.75, decoder_layers: int = 1,
+                 normalize_target: bool = True):
         super().__init__()
         config = model.config
         self.check_config(config, mask_ratio)
@@ -41,6 +44,7 @@ class MaskedAutoencoder(nn.Module):
         # which MAE does not use (DistributedDataParallel requires every parameter of the module to get a gradient).
         self.embeddings, self.layers, self.final_norm = model.embeddings, model.layers, model.head.norm
         self.mask_ratio = mask_ratio
+        self.normalize_target = normalize_target
         self.patch_size = config.patch_size
         self.num_patches = config.num_patches
         width = config.hidden_size
@@ -113,6 +117,7 @@ class MaskedAutoencoder(nn.Module):
         prediction = self.decoder_prediction(self.decoder_norm(decoded)).float()  # (B, N, p·p·C)
 
         target = patchify(pixel_values.float(), p)
-        target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        if self.normalize_target:
+            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         per_patch = (prediction - target).pow(2).mean(dim=-1)
         return (per_patch * masked).sum() / masked.sum()
