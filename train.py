@@ -123,9 +123,10 @@ def parse_args(argv=None):
         help="ViTs: add this weight times the dense relative localization loss (DRLoc, Liu et al. 2021: a training-"
              "only MLP regresses how far apart random pairs of output tokens lie); 0 = off.")
     add("--relative_localization_pairs", type=int, default=32, help="Token pairs per image and step for DRLoc.")
-    add("--mae_epochs", type=int, default=0,
+    add("--mae_epochs", type=int, default=None,
         help="ViTs: first pre-train the encoder as a masked autoencoder (MAE, He et al. 2022) on the training images "
-             "for this many epochs, without labels (training/masked_autoencoder.py), then train as usual; 0 = off.")
+             "for this many epochs, without labels (training/masked_autoencoder.py), then train as usual; 0 = off. "
+             "Default: the recipe's.")
     add("--mae_mask_ratio", type=float, default=0.75, help="Fraction of patches hidden in MAE pre-training.")
     add("--mae_target", choices=("patch_normalized", "pixels"), default="patch_normalized",
         help="What MAE reconstructs: each hidden patch's pixels normalised by its own mean and std (MAE's default: "

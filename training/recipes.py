@@ -32,6 +32,7 @@ _VIT_DEFAULT = dict(
     config_overrides="pooling=mean,head_hidden_sizes=[],drop_path_rate=0.1,hidden_dropout_prob=0,"
                      "attention_probs_dropout_prob=0",
     selection_metric="auc",
+    mae_epochs=0,
 )
 # vit_conv_lsa: 4 transformer blocks instead of 8. Its convolutional tokenizer already builds local features; in
 # 5-fold cross-validation on BreastMNIST's train + validation half the depth scored higher (README, "Cross-validation").
@@ -50,6 +51,7 @@ _CNN_DEFAULT = dict(
     normalization="train_stats",
     config_overrides="",
     selection_metric="auc",
+    mae_epochs=0,
 )
 _VIT_SEED = dict(
     num_epochs=50,
@@ -65,6 +67,7 @@ _VIT_SEED = dict(
     normalization="train_stats",
     config_overrides="",
     selection_metric="auc",
+    mae_epochs=0,
 )
 _CNN_SEED = dict(
     num_epochs=100,
@@ -80,6 +83,7 @@ _CNN_SEED = dict(
     normalization="half",
     config_overrides="",
     selection_metric="auc",
+    mae_epochs=0,
 )
 
 RECIPES = {
