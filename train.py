@@ -340,7 +340,6 @@ def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_tra
                 main_process_only=True)
     # Forget the autoencoder, its optimizer and loader: only the supervised stage's objects are checkpointed.
     accelerator.free_memory()
-    model.train()
     return epoch_losses
 
 

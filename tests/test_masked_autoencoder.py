@@ -136,26 +136,17 @@ def test_train_py_refuses_bad_mae_arguments(data_dir, tmp_path, capsys):
 def test_two_processes_pretrain_and_train_together(data_dir, tmp_path):
     """DistributedDataParallel over the autoencoder, then over the classifier: every parameter it wraps must get a
     gradient, and the autoencoder's wrapper must be gone before the classifier's."""
-    import os
     import socket
-    import subprocess
-    import sys
 
-    from tiny_runs import ROOT, TINY_VIT
+    from tiny_runs import ROOT
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(port), "train.py",
-               "--model", "vit_lsa", "--dataset", "breastmnist", "--data_dir", str(data_dir), "--no_verify_checksum",
-               "--output_dir", str(tmp_path / "two"), "--num_epochs", "2", "--per_device_train_batch_size", "16",
-               "--report_to", "none", "--config_overrides", TINY_VIT, "--skip_test", "--mae_epochs", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    results = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    run = train_tiny_vit(data_dir, tmp_path / "two", "--mae_epochs", "2", epochs=2, batch_size=16,
+                         launch_args=["--config_file", str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
+                                      "--main_process_port", str(port)])
+    results = json.loads((run / "all_results.json").read_text())
     assert results["hardware"]["num_processes"] == 2
     assert len(results["mae_losses"]) == 2
     assert len(results["validation_history"]) == 2

@@ -61,9 +61,7 @@ class MaskedAutoencoder(nn.Module):
         for parameter in (self.mask_token, self.decoder_position_embeddings):
             nn.init.trunc_normal_(parameter, std=config.initializer_range)
         for module in [self.decoder_embed, self.decoder_prediction, *self.decoder_layers.modules()]:
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=config.initializer_range)
-                nn.init.zeros_(module.bias)
+            model._init_weights(module)  # the classifier's own initialisation, module by module
 
     @staticmethod
     def check_config(config, mask_ratio: float) -> None:
