@@ -37,7 +37,8 @@ import metrics
 import models
 from metrics.plots import confusion_matrix_figure
 from training import sam
-from training.checkpointing import read_best_weights, read_trainer_state, resolve_checkpoint, save_checkpoint
+from training.checkpointing import (MAE_SCHEDULER, is_mae_checkpoint, read_best_weights, read_trainer_state,
+                                   resolve_checkpoint, save_checkpoint, save_mae_checkpoint)
 from training.distillation import (DISTILLATION_TYPES, TeacherEnsemble, check_teacher_held_out_the_same_fold,
                                   distillation_loss, teacher_record)
 from training.hardware import cpu_has_fast_bf16, hardware_description
@@ -301,11 +302,18 @@ def build_optimizer(args, *modules):
     return torch.optim.AdamW(groups, lr=args.learning_rate)
 
 
-def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_transform) -> list[float]:
+def mae_settings(args) -> dict:
+    """What a pre-training checkpoint must share with the run that resumes it."""
+    return {"epochs": args.mae_epochs, "mask_ratio": args.mae_mask_ratio, "target": args.mae_target}
+
+
+def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_transform, output_dir: Path,
+                                checkpoint_state: dict, wall_clock, resume_from: Path | None = None) -> list[float]:
     """--mae_epochs of self-supervised MAE pre-training on the (augmented) training images, labels unused: trains
     the model's tokenizer, position embeddings and blocks in place; the decoder is thrown away afterwards. Same
     optimizer, peak learning rate and weight decay as the supervised stage; warm-up over 10% of the steps, then
-    cosine. Returns the mean reconstruction loss of each epoch."""
+    cosine. Checkpointed after every epoch (`checkpoint_state` plus the epoch, losses and wall-clock); continues
+    from `resume_from`, a pre-training checkpoint, if given. Returns the mean reconstruction loss of each epoch."""
     autoencoder = MaskedAutoencoder(model, args.mae_mask_ratio,
                                     normalize_target=args.mae_target == "patch_normalized").to(accelerator.device)
     loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed + 1)
@@ -313,10 +321,16 @@ def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_tra
     autoencoder, optimizer, loader = accelerator.prepare(autoencoder, optimizer, loader)
     steps = args.mae_epochs * len(loader)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=round(0.1 * steps), num_training_steps=steps)
-    progress = tqdm(total=steps, desc="MAE pre-training", disable=not accelerator.is_local_main_process)
-    autoencoder.train()
     epoch_losses = []
-    for epoch in range(args.mae_epochs):
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        scheduler.load_state_dict(torch.load(resume_from / MAE_SCHEDULER, weights_only=True))
+        epoch_losses = read_trainer_state(resume_from)["mae_losses"]
+        logger.info(f"Resumed MAE pre-training from {resume_from}: epoch {len(epoch_losses)}", main_process_only=True)
+    progress = tqdm(total=steps, initial=len(epoch_losses) * len(loader), desc="MAE pre-training",
+                    disable=not accelerator.is_local_main_process)
+    autoencoder.train()
+    for epoch in range(len(epoch_losses), args.mae_epochs):
         loader.set_epoch(epoch)
         epoch_loss = torch.zeros((), device=accelerator.device)
         for indices in loader:
@@ -335,8 +349,11 @@ def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_tra
             raise RuntimeError(f"MAE pre-training loss became {mean_loss} in epoch {epoch + 1}: lower --learning_rate.")
         progress.set_postfix(loss=f"{mean_loss:.4f}")
         epoch_losses.append(mean_loss)
+        save_mae_checkpoint(accelerator, output_dir, {**checkpoint_state, "epoch": epoch + 1,
+                                                      "mae_losses": epoch_losses, "wall_clock_seconds": wall_clock()},
+                            scheduler, args.checkpoints_total_limit)
     progress.close()
-    logger.info(f"MAE pre-training: {args.mae_epochs} epochs, final reconstruction loss {mean_loss:.4f}",
+    logger.info(f"MAE pre-training: {args.mae_epochs} epochs, final reconstruction loss {epoch_losses[-1]:.4f}",
                 main_process_only=True)
     # Forget the autoencoder, its optimizer and loader: only the supervised stage's objects are checkpointed.
     accelerator.free_memory()
@@ -387,7 +404,7 @@ def main(argv=None):
         problem_type = "multi_label_classification" if info.is_multilabel else "single_label_classification"
         model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,
                                    problem_type=problem_type, **args.config_overrides)
-        checkpoint, resumed_state = None, None
+        checkpoint, resumed_state, mae_checkpoint = None, None, None
         if args.resume_from_checkpoint:
             checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
             resumed_state = read_trainer_state(checkpoint)
@@ -397,6 +414,16 @@ def main(argv=None):
                     f"another configuration than this run's {args.model!r} on {args.dataset}; resume with the same "
                     "--model, --dataset and --config_overrides, or start a new --output_dir."
                 )
+            if is_mae_checkpoint(checkpoint):  # interrupted during pre-training: the supervised stage starts fresh
+                mae_checkpoint, checkpoint, resumed_state = checkpoint, None, None
+                saved = read_trainer_state(mae_checkpoint)["mae_settings"]
+                if saved != mae_settings(args):
+                    raise ValueError(
+                        f"--resume_from_checkpoint {mae_checkpoint}: MAE pre-training checkpoint made with --mae_epochs "
+                        f"{saved['epochs']} --mae_mask_ratio {saved['mask_ratio']} --mae_target {saved['target']}, "
+                        f"this run has {args.mae_epochs}, {args.mae_mask_ratio}, {args.mae_target}; resume with the "
+                        "same settings, or start a new --output_dir."
+                    )
         if args.teacher_model_name_or_path and args.cross_validation_folds:
             for teacher_path in args.teacher_model_name_or_path:
                 check_teacher_held_out_the_same_fold(teacher_path, args.dataset, args.cross_validation_folds,
@@ -424,9 +451,19 @@ def main(argv=None):
     if teacher is not None:
         teacher.adapt_inputs(mean, std, accelerator.device)
 
+    seconds_before_resuming = (read_trainer_state(mae_checkpoint)["wall_clock_seconds"] if mae_checkpoint
+                               else resumed_state.get("wall_clock_seconds", 0.0) if resumed_state else 0.0)
+
+    def wall_clock() -> float:  # the run's training time, across resumes
+        return seconds_before_resuming + time.time() - started
+
     mae_losses = []
     if args.mae_epochs and checkpoint is None:  # a resumed run's checkpoint already holds the pre-trained encoder
-        mae_losses = pretrain_masked_autoencoder(args, accelerator, model, train_split, train_transform)
+        mae_losses = pretrain_masked_autoencoder(
+            args, accelerator, model, train_split, train_transform, output_dir,
+            {"model": args.model, "dataset": args.dataset, "model_config": config_record(model),
+             "mae_settings": mae_settings(args)},
+            wall_clock, resume_from=mae_checkpoint)
 
     train_loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed,
                                      repeats=args.repeated_augmentation)
@@ -471,12 +508,11 @@ def main(argv=None):
         "epoch": 0, "batches_in_epoch": 0, "global_step": 0,
         "best_metric": None, "best_epoch": None, "best_checkpoint": None, "history": [], "mae_losses": mae_losses,
     }
-    best_weights, seconds_before_resuming = None, 0.0
+    best_weights = None
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = resumed_state
         best_weights = read_best_weights(checkpoint)
-        seconds_before_resuming = resumed_state.get("wall_clock_seconds", 0.0)
         logger.info(f"Resumed from {checkpoint}: epoch {state['epoch']}, step {state['global_step']}",
                     main_process_only=True)
 
@@ -526,9 +562,6 @@ def main(argv=None):
             )
             accelerator.end_training()
             sys.exit(3)
-
-    def wall_clock() -> float:  # the run's training time, across resumes
-        return seconds_before_resuming + time.time() - started
 
     def save(trainer_state):
         trainer_state = {**trainer_state, "wall_clock_seconds": wall_clock()}

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's own modules, when run as a script
-from training.checkpointing import list_checkpoints  # noqa: E402
+from training.checkpointing import has_checkpoint  # noqa: E402
 from training.hardware import describe_hardware  # noqa: E402
 
 # The replaced notebooks' test accuracy (../shared/REFERENCE.md).
@@ -155,7 +155,7 @@ def run_spec(args, dataset: str, model: str, seed: int) -> tuple[list[str], Path
     """(command, log file, label) of one run: its output goes to `<runs_dir>/<name>.log`."""
     output_dir = Path(args.runs_dir) / run_name(dataset, model, seed)
     command = train_command(args, dataset, model, seed, output_dir)
-    if args.resume and list_checkpoints(output_dir):
+    if args.resume and has_checkpoint(output_dir):
         command += ["--resume_from_checkpoint", "latest"]
     return command, Path(args.runs_dir) / f"{output_dir.name}.log", output_dir.name
 

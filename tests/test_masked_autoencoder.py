@@ -1,13 +1,14 @@
 """MAE pre-training (training/masked_autoencoder.py, train.py --mae_epochs)."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import models
-from tiny_runs import train_tiny_vit
+from tiny_runs import TINY_VIT, train_tiny_vit
 from training.masked_autoencoder import MaskedAutoencoder
 
 
@@ -113,6 +114,37 @@ def test_train_py_pretrains_then_trains_and_saves_the_plain_classifier(mae_run, 
             logged += [(e.step, e.value) for e in accumulator.Scalars("pretrain/mae_loss")]
     assert [step for step, _ in logged] == [1, 2, 3]
     assert [value for _, value in logged] == pytest.approx(results["mae_losses"])
+
+
+def test_a_run_stopped_during_pre_training_resumes_it_and_ends_like_the_straight_run(mae_run, data_dir, tmp_path):
+    """The run as it was after its first MAE epoch (checkpoint mae_epoch_1; nothing supervised yet) resumed with
+    `latest`: the decoder, optimizer, schedule, data order and random state come back, so the rest is identical."""
+    import train
+    from training.checkpointing import MAE_CHECKPOINT_PATTERN, has_checkpoint, list_checkpoints
+
+    assert [p.name for p in list_checkpoints(mae_run, MAE_CHECKPOINT_PATTERN)] == [f"mae_epoch_{i}" for i in (1, 2, 3)]
+    stopped = tmp_path / "stopped"
+    shutil.copytree(mae_run, stopped)
+    for path in (*list_checkpoints(stopped), *list_checkpoints(stopped, MAE_CHECKPOINT_PATTERN)[1:],
+                 stopped / "best", stopped / "last", stopped / "runs"):
+        shutil.rmtree(path)
+    for name in ("all_results.json", "run_config.json"):
+        (stopped / name).unlink()
+    assert has_checkpoint(stopped)
+    # Other MAE settings than the checkpoint's: refused before anything is written.
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--model", "vit_lsa", "--dataset", "breastmnist", "--data_dir", str(data_dir),
+                    "--no_verify_checksum", "--output_dir", str(stopped), "--config_overrides", TINY_VIT,
+                    "--mae_epochs", "4", "--resume_from_checkpoint", "latest"])
+    assert exit_info.value.code == 2
+    assert not (stopped / "run_config.json").exists()
+
+    train_tiny_vit(data_dir, stopped, "--mae_epochs", "3", "--resume_from_checkpoint", "latest", epochs=2)
+    straight, resumed = (json.loads((run / "all_results.json").read_text()) for run in (mae_run, stopped))
+    assert resumed["mae_losses"] == straight["mae_losses"]
+    assert resumed["validation_history"] == straight["validation_history"]
+    weights, again = (load_file(run / "last" / "model.safetensors") for run in (mae_run, stopped))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
 
 
 def test_train_py_refuses_bad_mae_arguments(data_dir, tmp_path, capsys):

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from training.checkpointing import list_checkpoints  # noqa: E402
+
 TINY_VIT = "image_size=28,patch_size=7,hidden_size=16,num_hidden_layers=1,attention_head_dim=8,intermediate_size=32"
 
 
@@ -30,7 +33,7 @@ def train_tiny_vit(data_dir, output_dir, *extra, epochs: int = 3, batch_size: in
 
 def checkpoints_in_order(run: Path) -> list[Path]:
     """The run's `checkpoints/step_<N>` folders, oldest first."""
-    return sorted((Path(run) / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))
+    return list_checkpoints(run)
 
 
 def copy_stopped_after_first_epoch(run: Path, destination: Path) -> Path:

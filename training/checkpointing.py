@@ -4,6 +4,11 @@ A checkpoint is written to `checkpoints/.tmp-<name>` and renamed to `checkpoints
 crash while saving leaves the previous checkpoints intact. `<name>` is `step_<global step>`; `trainer_state.json`
 inside holds what accelerate does not save (epoch, step, best metric so far, the history of validation metrics), and
 `best_model.safetensors` the weights of the best model so far, so that a resumed run ends exactly as a straight one.
+
+Masked-autoencoder pre-training (`train.py --mae_epochs`) is checkpointed the same way after each of its epochs, as
+`checkpoints/mae_epoch_<epoch>` (the autoencoder with its decoder, its optimizer, data order and random states, and
+`mae_scheduler.pt`): `latest` resumes the newest supervised checkpoint, or else the newest pre-training one, so long
+pre-training can span interrupted sessions too.
 """
 
 import json
@@ -17,29 +22,65 @@ from safetensors.torch import load_file, save_file
 
 TRAINER_STATE = "trainer_state.json"
 BEST_WEIGHTS = "best_model.safetensors"
+MAE_SCHEDULER = "mae_scheduler.pt"
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+MAE_CHECKPOINT_PATTERN = re.compile(r"^mae_epoch_(\d+)$")
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+def list_checkpoints(output_dir: str | Path, pattern: re.Pattern = CHECKPOINT_PATTERN) -> list[Path]:
+    """Complete checkpoints, oldest first: the supervised ones, or with `MAE_CHECKPOINT_PATTERN` the pre-training ones."""
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if CHECKPOINT_PATTERN.match(p.name) and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+    found = [p for p in root.iterdir() if pattern.match(p.name) and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(pattern.match(p.name).group(1)))
+
+
+def has_checkpoint(output_dir: str | Path) -> bool:
+    """Whether `--resume_from_checkpoint latest` has something to resume under output_dir."""
+    return bool(list_checkpoints(output_dir) or list_checkpoints(output_dir, MAE_CHECKPOINT_PATTERN))
+
+
+def is_mae_checkpoint(checkpoint: Path) -> bool:
+    return read_trainer_state(checkpoint).get("stage") == "mae"
 
 
 def save_checkpoint(
     accelerator, output_dir: str | Path, trainer_state: dict, keep_last: int, best_weights: dict | None
 ) -> Path:
     """Save the full training state atomically; keep the `keep_last` newest and the best. Call on every process."""
-    root = checkpoint_dir(output_dir)
-    final = root / f"step_{trainer_state['global_step']}"
-    tmp = root / f".tmp-{final.name}"
+    final = checkpoint_dir(output_dir) / f"step_{trainer_state['global_step']}"
+    save_atomically(accelerator, final, trainer_state,
+                    {BEST_WEIGHTS: lambda path: save_file({k: v.contiguous() for k, v in best_weights.items()}, path)}
+                    if best_weights is not None else {})
+    if accelerator.is_main_process:
+        prune_checkpoints(output_dir, keep_last, trainer_state.get("best_checkpoint"))
+    accelerator.wait_for_everyone()
+    return final
+
+
+def save_mae_checkpoint(accelerator, output_dir: str | Path, mae_state: dict, scheduler, keep_last: int) -> Path:
+    """Save the pre-training state after epoch `mae_state['epoch']` atomically (the autoencoder, optimizer and loader
+    must be the ones `accelerator.prepare` holds); keep the `keep_last` newest. Call on every process."""
+    final = checkpoint_dir(output_dir) / f"mae_epoch_{mae_state['epoch']}"
+    save_atomically(accelerator, final, {**mae_state, "stage": "mae"},
+                    {MAE_SCHEDULER: lambda path: torch.save(scheduler.state_dict(), path)})
+    if accelerator.is_main_process:
+        older = list_checkpoints(output_dir, MAE_CHECKPOINT_PATTERN)
+        for old in older[: max(len(older) - keep_last, 0)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def save_atomically(accelerator, final: Path, trainer_state: dict, extra_files: dict) -> None:
+    """accelerate's state, then `extra_files` ({name: write(path)}, main process), then the trainer state, into a
+    temporary folder renamed to `final` only when complete."""
+    tmp = final.parent / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -47,15 +88,12 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if best_weights is not None:
-            save_file({k: v.contiguous() for k, v in best_weights.items()}, tmp / BEST_WEIGHTS)
+        for name, write in extra_files.items():
+            write(tmp / name)
         # The state file is written last: a folder without it is never taken for a checkpoint.
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        prune_checkpoints(output_dir, keep_last, trainer_state.get("best_checkpoint"))
-    accelerator.wait_for_everyone()
-    return final
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last: int, best_name: str | None) -> None:
@@ -66,9 +104,10 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int, best_name: str | N
 
 
 def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
-    """`latest` -> the newest complete checkpoint under output_dir; otherwise a checkpoint folder path."""
+    """`latest` -> the newest complete checkpoint under output_dir (a supervised one if any, else a pre-training one);
+    otherwise a checkpoint folder path."""
     if resume_from == "latest":
-        checkpoints = list_checkpoints(output_dir)
+        checkpoints = list_checkpoints(output_dir) or list_checkpoints(output_dir, MAE_CHECKPOINT_PATTERN)
         if not checkpoints:
             raise ValueError(
                 f"--resume_from_checkpoint latest: no complete checkpoint under {checkpoint_dir(output_dir)}. "
@@ -79,7 +118,7 @@ def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
     if not (path / TRAINER_STATE).is_file():
         raise ValueError(
             f"--resume_from_checkpoint {resume_from}: not a complete checkpoint (no {TRAINER_STATE} in it). "
-            f"Checkpoints are the folders output_dir/checkpoints/step_<N>, or use 'latest'."
+            "Checkpoints are the folders output_dir/checkpoints/step_<N> (or mae_epoch_<N>), or use 'latest'."
         )
     return path
 
