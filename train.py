@@ -308,12 +308,14 @@ def mae_settings(args) -> dict:
 
 
 def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_transform, output_dir: Path,
-                                checkpoint_state: dict, wall_clock, resume_from: Path | None = None) -> list[float]:
+                                checkpoint_state: dict, wall_clock, resume_from: Path | None = None
+                                ) -> tuple[list[float], tuple[torch.Tensor, ...]]:
     """--mae_epochs of self-supervised MAE pre-training on the (augmented) training images, labels unused: trains
     the model's tokenizer, position embeddings and blocks in place; the decoder is thrown away afterwards. Same
     optimizer, peak learning rate and weight decay as the supervised stage; warm-up over 10% of the steps, then
     cosine. Checkpointed after every epoch (`checkpoint_state` plus the epoch, losses and wall-clock); continues
-    from `resume_from`, a pre-training checkpoint, if given. Returns the mean reconstruction loss of each epoch."""
+    from `resume_from`, a pre-training checkpoint, if given. Returns the mean reconstruction loss of each epoch and,
+    to look at, (originals, hidden patches blanked, hidden patches predicted) of the first 8 training images."""
     autoencoder = MaskedAutoencoder(model, args.mae_mask_ratio,
                                     normalize_target=args.mae_target == "patch_normalized").to(accelerator.device)
     loader = data.index_loader(len(train_split), args.per_device_train_batch_size, shuffle=True, seed=args.seed + 1)
@@ -355,9 +357,14 @@ def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_tra
     progress.close()
     logger.info(f"MAE pre-training: {args.mae_epochs} epochs, final reconstruction loss {epoch_losses[-1]:.4f}",
                 main_process_only=True)
+    # From a forked RNG and in eval mode (no stochastic depth): looking must not change what the run trains on.
+    originals = train_transform(train_split.images[:8], train=False)
+    autoencoder.eval()
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        pictures = (originals, *accelerator.unwrap_model(autoencoder).reconstruct(originals))
     # Forget the autoencoder, its optimizer and loader: only the supervised stage's objects are checkpointed.
     accelerator.free_memory()
-    return epoch_losses
+    return epoch_losses, pictures
 
 
 def save_model_folder(accelerator, model, processor, folder: Path) -> None:
@@ -457,9 +464,9 @@ def main(argv=None):
     def wall_clock() -> float:  # the run's training time, across resumes
         return seconds_before_resuming + time.time() - started
 
-    mae_losses = []
+    mae_losses, mae_pictures = [], None
     if args.mae_epochs and checkpoint is None:  # a resumed run's checkpoint already holds the pre-trained encoder
-        mae_losses = pretrain_masked_autoencoder(
+        mae_losses, mae_pictures = pretrain_masked_autoencoder(
             args, accelerator, model, train_split, train_transform, output_dir,
             {"model": args.model, "dataset": args.dataset, "model_config": config_record(model),
              "mae_settings": mae_settings(args)},
@@ -537,15 +544,21 @@ def main(argv=None):
                 f"{accelerator.num_processes} processes × {args.gradient_accumulation_steps} accumulation",
                 main_process_only=True)
     if writer is not None and state["global_step"] == 0:
+        import torchvision  # only for the image grids
+
+        def pixels(images):  # model inputs back to [0, 1] pixels (the first 3 channels), to look at
+            images = images[:, :3].float() * torch.tensor(std[:3], device=images.device).view(1, -1, 1, 1)
+            return (images + torch.tensor(mean[:3], device=images.device).view(1, -1, 1, 1)).clamp(0, 1).cpu()
+
         sample = train_split.images[: min(32, len(train_split))]
         # Augmented from a forked RNG: whether TensorBoard is on must not change what the run trains on.
         with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-            shown = train_transform(sample, train=True)[:, :3]
-        shown = shown * torch.tensor(std[:3], device=sample.device).view(1, -1, 1, 1)
-        shown = shown + torch.tensor(mean[:3], device=sample.device).view(1, -1, 1, 1)
-        import torchvision  # only for the image grid
-
-        writer.add_image("train/augmented_samples", torchvision.utils.make_grid(shown.clamp(0, 1).float().cpu()), 0)
+            shown = train_transform(sample, train=True)
+        writer.add_image("train/augmented_samples", torchvision.utils.make_grid(pixels(shown)), 0)
+        if mae_pictures is not None:
+            # Rows: training images; their hidden patches blanked; the hidden patches as the decoder predicts them.
+            writer.add_image("pretrain/mae_reconstructions", torchvision.utils.make_grid(
+                pixels(torch.cat(mae_pictures)), nrow=len(mae_pictures[0])), len(mae_losses))
 
     checkpoint_every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
     progress = tqdm(total=max_train_steps, initial=state["global_step"], desc="Training",

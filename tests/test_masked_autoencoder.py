@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 import models
 from tiny_runs import TINY_VIT, train_tiny_vit
-from training.masked_autoencoder import MaskedAutoencoder
+from models.modeling_vit import patchify
+from training.masked_autoencoder import MaskedAutoencoder, unpatchify
 
 
 def tiny_vit(model="vit_lsa", pooling="mean", **overrides):
@@ -80,6 +81,30 @@ def test_the_reconstruction_loss_falls_and_only_the_encoder_stays_in_the_classif
     torch.testing.assert_close(after["head.classifier.weight"], before["head.classifier.weight"])  # no labels used
 
 
+def test_unpatchify_inverts_patchify():
+    images = torch.randn(2, 3, 8, 8)
+    assert torch.equal(unpatchify(patchify(images, 2), 2, images.shape), images)
+
+
+@pytest.mark.parametrize("normalize_target", [True, False])
+def test_reconstruct_keeps_the_visible_patches_and_shows_the_predicted_hidden_ones(normalize_target):
+    torch.manual_seed(0)
+    autoencoder = MaskedAutoencoder(tiny_vit(), mask_ratio=0.75, normalize_target=normalize_target).eval()
+    pixels = torch.randn(3, 1, 16, 16)
+    torch.manual_seed(1)
+    blanked, filled = autoencoder.reconstruct(pixels)
+    torch.manual_seed(1)  # the same mask again
+    prediction, _, masked = autoencoder.predict(pixels)
+    assert masked.sum(dim=1).tolist() == [12, 12, 12]  # 0.75 of the 4 × 4 patches
+    hidden = torch.nn.functional.interpolate(masked.view(3, 1, 4, 4).float(), scale_factor=4).bool()
+    assert torch.equal(blanked[~hidden], pixels[~hidden]) and bool((blanked[hidden] == 0).all())
+    assert torch.equal(filled[~hidden], pixels[~hidden])
+    shown, true = patchify(filled, 4)[masked], patchify(pixels, 4)[masked]
+    if normalize_target:  # the predicted texture, on each patch's true mean and standard deviation
+        shown = (shown - true.mean(dim=-1, keepdim=True)) / (true.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(shown, prediction[masked])
+
+
 @pytest.mark.parametrize("model,message", [("cnn", "needs a ViT"), ("vit_conv_lsa", "convolutional tokenizer")])
 def test_models_without_one_token_per_patch_are_refused(model, message):
     built = models.build_model(model, 1, 2, image_size=16, **({} if model == "cnn" else {"patch_size": 4}))
@@ -114,6 +139,14 @@ def test_train_py_pretrains_then_trains_and_saves_the_plain_classifier(mae_run, 
             logged += [(e.step, e.value) for e in accumulator.Scalars("pretrain/mae_loss")]
     assert [step for step, _ in logged] == [1, 2, 3]
     assert [value for _, value in logged] == pytest.approx(results["mae_losses"])
+    # The reconstruction grid: 3 rows (images, hidden patches blanked, predicted) of 8 images of 28 px, 2 px apart.
+    pictures = []
+    for event_file in (mae_run / "runs").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0})
+        accumulator.Reload()
+        if "pretrain/mae_reconstructions" in accumulator.Tags()["images"]:
+            pictures += accumulator.Images("pretrain/mae_reconstructions")
+    assert [(p.step, p.height, p.width) for p in pictures] == [(3, 3 * 30 + 2, 8 * 30 + 2)]
 
 
 def test_a_run_stopped_during_pre_training_resumes_it_and_ends_like_the_straight_run(mae_run, data_dir, tmp_path):

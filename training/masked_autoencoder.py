@@ -84,6 +84,30 @@ class MaskedAutoencoder(nn.Module):
         return ranks < num_masked
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The mean squared error of the predicted pixels over the hidden patches (a scalar)."""
+        prediction, target, masked = self.predict(pixel_values)
+        per_patch = (prediction - target).pow(2).mean(dim=-1)
+        return (per_patch * masked).sum() / masked.sum()
+
+    @torch.no_grad()
+    def reconstruct(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the images with their hidden patches blanked, the images with the hidden patches as predicted), both
+        (B, C, H, W) in the model's input space, to look at: a normalised prediction is put back on each patch's true
+        mean and standard deviation (as in MAE's figures), so what it shows is the predicted texture."""
+        prediction, _, masked = self.predict(pixel_values)
+        p = self.patch_size
+        patches = patchify(pixel_values.float(), p)
+        if self.normalize_target:
+            prediction = (prediction * (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+                          + patches.mean(dim=-1, keepdim=True))
+        hidden = masked.unsqueeze(-1)
+        blanked = unpatchify(patches.masked_fill(hidden, 0.0), p, pixel_values.shape)
+        filled = unpatchify(torch.where(hidden, prediction, patches), p, pixel_values.shape)
+        return blanked, filled
+
+    def predict(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prediction, target, mask): the decoder's (B, N, p·p·C) pixels for every patch, the target they are
+        compared with, and the (B, N) bool mask of the patches hidden from the encoder this time."""
         p = self.patch_size
         batch, _, height, width = pixel_values.shape
         masked = self.random_masking(batch, pixel_values.device)  # (B, N)
@@ -117,5 +141,12 @@ class MaskedAutoencoder(nn.Module):
         target = patchify(pixel_values.float(), p)
         if self.normalize_target:
             target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-        per_patch = (prediction - target).pow(2).mean(dim=-1)
-        return (per_patch * masked).sum() / masked.sum()
+        return prediction, target, masked
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, shape: torch.Size) -> torch.Tensor:
+    """The inverse of `patchify`: (B, N, p · p · C) -> (B, C, H, W) of `shape`."""
+    b, c, h, w = shape
+    p = patch_size
+    images = patches.reshape(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4)
+    return images.reshape(b, c, h, w)
