@@ -37,7 +37,7 @@ import metrics
 import models
 from metrics.plots import confusion_matrix_figure
 from training import sam
-from training.checkpointing import (MAE_SCHEDULER, is_mae_checkpoint, read_best_weights, read_trainer_state,
+from training.checkpointing import (MAE_SCHEDULER, is_mae_state, read_best_weights, read_trainer_state,
                                    resolve_checkpoint, save_checkpoint, save_mae_checkpoint)
 from training.distillation import (DISTILLATION_TYPES, TeacherEnsemble, check_teacher_held_out_the_same_fold,
                                   distillation_loss, teacher_record)
@@ -302,6 +302,11 @@ def build_optimizer(args, *modules):
     return torch.optim.AdamW(groups, lr=args.learning_rate)
 
 
+def forked_rng(device: torch.device):
+    """A context whose random draws leave the run's generators as they were: for what is only looked at."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def mae_settings(args) -> dict:
     """What a pre-training checkpoint must share with the run that resumes it."""
     return {"epochs": args.mae_epochs, "mask_ratio": args.mae_mask_ratio, "target": args.mae_target}
@@ -360,7 +365,7 @@ def pretrain_masked_autoencoder(args, accelerator, model, train_split, train_tra
     # From a forked RNG and in eval mode (no stochastic depth): looking must not change what the run trains on.
     originals = train_transform(train_split.images[:8], train=False)
     autoencoder.eval()
-    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+    with forked_rng(accelerator.device):
         pictures = (originals, *accelerator.unwrap_model(autoencoder).reconstruct(originals))
     # Forget the autoencoder, its optimizer and loader: only the supervised stage's objects are checkpointed.
     accelerator.free_memory()
@@ -411,7 +416,7 @@ def main(argv=None):
         problem_type = "multi_label_classification" if info.is_multilabel else "single_label_classification"
         model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,
                                    problem_type=problem_type, **args.config_overrides)
-        checkpoint, resumed_state, mae_checkpoint = None, None, None
+        checkpoint, resumed_state, mae_checkpoint, mae_state = None, None, None, None
         if args.resume_from_checkpoint:
             checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
             resumed_state = read_trainer_state(checkpoint)
@@ -421,9 +426,9 @@ def main(argv=None):
                     f"another configuration than this run's {args.model!r} on {args.dataset}; resume with the same "
                     "--model, --dataset and --config_overrides, or start a new --output_dir."
                 )
-            if is_mae_checkpoint(checkpoint):  # interrupted during pre-training: the supervised stage starts fresh
-                mae_checkpoint, checkpoint, resumed_state = checkpoint, None, None
-                saved = read_trainer_state(mae_checkpoint)["mae_settings"]
+            if is_mae_state(resumed_state):  # interrupted during pre-training: the supervised stage starts fresh
+                mae_checkpoint, mae_state, checkpoint, resumed_state = checkpoint, resumed_state, None, None
+                saved = mae_state["mae_settings"]
                 if saved != mae_settings(args):
                     raise ValueError(
                         f"--resume_from_checkpoint {mae_checkpoint}: MAE pre-training checkpoint made with --mae_epochs "
@@ -458,8 +463,7 @@ def main(argv=None):
     if teacher is not None:
         teacher.adapt_inputs(mean, std, accelerator.device)
 
-    seconds_before_resuming = (read_trainer_state(mae_checkpoint)["wall_clock_seconds"] if mae_checkpoint
-                               else resumed_state.get("wall_clock_seconds", 0.0) if resumed_state else 0.0)
+    seconds_before_resuming = (mae_state or resumed_state or {}).get("wall_clock_seconds", 0.0)
 
     def wall_clock() -> float:  # the run's training time, across resumes
         return seconds_before_resuming + time.time() - started
@@ -552,7 +556,7 @@ def main(argv=None):
 
         sample = train_split.images[: min(32, len(train_split))]
         # Augmented from a forked RNG: whether TensorBoard is on must not change what the run trains on.
-        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        with forked_rng(accelerator.device):
             shown = train_transform(sample, train=True)
         writer.add_image("train/augmented_samples", torchvision.utils.make_grid(pixels(shown)), 0)
         if mae_pictures is not None:

@@ -45,8 +45,9 @@ def has_checkpoint(output_dir: str | Path) -> bool:
     return bool(list_checkpoints(output_dir) or list_checkpoints(output_dir, MAE_CHECKPOINT_PATTERN))
 
 
-def is_mae_checkpoint(checkpoint: Path) -> bool:
-    return read_trainer_state(checkpoint).get("stage") == "mae"
+def is_mae_state(trainer_state: dict) -> bool:
+    """Whether a checkpoint's trainer state is a pre-training one (`save_mae_checkpoint`)."""
+    return trainer_state.get("stage") == "mae"
 
 
 def save_checkpoint(
@@ -70,9 +71,7 @@ def save_mae_checkpoint(accelerator, output_dir: str | Path, mae_state: dict, sc
     save_atomically(accelerator, final, {**mae_state, "stage": "mae"},
                     {MAE_SCHEDULER: lambda path: torch.save(scheduler.state_dict(), path)})
     if accelerator.is_main_process:
-        older = list_checkpoints(output_dir, MAE_CHECKPOINT_PATTERN)
-        for old in older[: max(len(older) - keep_last, 0)]:
-            shutil.rmtree(old)
+        prune_checkpoints(output_dir, keep_last, None, MAE_CHECKPOINT_PATTERN)
     accelerator.wait_for_everyone()
     return final
 
@@ -96,8 +95,9 @@ def save_atomically(accelerator, final: Path, trainer_state: dict, extra_files: 
         os.replace(tmp, final)
 
 
-def prune_checkpoints(output_dir: str | Path, keep_last: int, best_name: str | None) -> None:
-    checkpoints = list_checkpoints(output_dir)
+def prune_checkpoints(output_dir: str | Path, keep_last: int, best_name: str | None,
+                      pattern: re.Pattern = CHECKPOINT_PATTERN) -> None:
+    checkpoints = list_checkpoints(output_dir, pattern)
     for old in checkpoints[: max(len(checkpoints) - keep_last, 0)]:
         if old.name != best_name:
             shutil.rmtree(old)
