@@ -29,9 +29,11 @@ def encoder_tokens(autoencoder, pixels, seed):
     return captured[0], loss
 
 
-@pytest.mark.parametrize("model,pooling", [("vit_lsa", "mean"), ("vit_lsa", "cls"), ("vit", "mean")])
-def test_masked_patches_never_reach_the_encoder(model, pooling):
-    autoencoder = MaskedAutoencoder(tiny_vit(model, pooling), mask_ratio=0.5).eval()
+@pytest.mark.parametrize("model,pooling,overrides", [
+    ("vit_lsa", "mean", {}), ("vit_lsa", "cls", {}), ("vit", "mean", {}), ("vit_conv_lsa", "mean", {}),
+    ("vit_conv_lsa", "mean", {"convolutional_tokenizer_batch_norm": True})])
+def test_masked_patches_never_reach_the_encoder(model, pooling, overrides):
+    autoencoder = MaskedAutoencoder(tiny_vit(model, pooling, **overrides), mask_ratio=0.5).eval()
     pixels = torch.randn(2, 1, 16, 16)
     torch.manual_seed(0)
     masked = autoencoder.random_masking(2, pixels.device)  # the mask the forward passes below draw
@@ -46,8 +48,9 @@ def test_masked_patches_never_reach_the_encoder(model, pooling):
         return other
 
     tokens, loss = encoder_tokens(autoencoder, pixels, seed=0)
-    # A masked patch's pixels change only the loss's target, never what the encoder sees (SPT's shifted copies
-    # would carry its edges into the neighbouring tokens if the pixels were not blanked first).
+    # A masked patch's pixels change only the loss's target, never what the encoder sees (SPT's shifted copies, or
+    # the convolutional tokenizer's 3×3 kernels and pools, would carry them into the neighbouring tokens if the
+    # pixels were not blanked first).
     tokens_hidden_changed, loss_hidden_changed = encoder_tokens(autoencoder, changed(hidden_patch), seed=0)
     torch.testing.assert_close(tokens_hidden_changed, tokens)
     assert not torch.isclose(loss_hidden_changed, loss)
@@ -105,9 +108,10 @@ def test_reconstruct_keeps_the_visible_patches_and_shows_the_predicted_hidden_on
     torch.testing.assert_close(shown, prediction[masked])
 
 
-@pytest.mark.parametrize("model,message", [("cnn", "needs a ViT"), ("vit_conv_lsa", "convolutional tokenizer")])
-def test_models_without_one_token_per_patch_are_refused(model, message):
-    built = models.build_model(model, 1, 2, image_size=16, **({} if model == "cnn" else {"patch_size": 4}))
+@pytest.mark.parametrize("model,message", [("cnn", "needs a ViT"), ("vit_lsa", "pooling=flatten")])
+def test_models_without_a_pooling_vit_are_refused(model, message):
+    built = models.build_model(model, 1, 2, image_size=16,
+                               **({} if model == "cnn" else {"patch_size": 4, "pooling": "flatten"}))
     with pytest.raises(ValueError, match=message):
         MaskedAutoencoder.check_config(built.config, 0.75)
     with pytest.raises(ValueError, match="must lie in"):
@@ -187,7 +191,7 @@ def test_train_py_refuses_bad_mae_arguments(data_dir, tmp_path, capsys):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
         assert message in capsys.readouterr().err
-    for argv, message in ((["--model", "cnn"], "needs a ViT"), (["--model", "vit_conv_lsa"], "convolutional tokenizer"),
+    for argv, message in ((["--model", "cnn"], "needs a ViT"), (["--config_overrides", "pooling=flatten"], "pooling=flatten"),
                           (["--mae_mask_ratio", "0"], "must lie in (0, 1)")):
         output_dir = tmp_path / "never"
         with pytest.raises(SystemExit) as exit_info:

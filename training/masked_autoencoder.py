@@ -4,7 +4,9 @@ the supervised one. No labels and no other data are used: the model is still tra
 
 Each step hides a random `mask_ratio` of the patches of every image. The masked patches' pixels are set to 0 (the
 data set's mean after normalisation) before tokenizing, so that the tokenizer cannot see them: SPT's shifted copies
-would otherwise carry a masked patch's edges into its neighbours' tokens. The encoder (the classifier's own
+would otherwise carry a masked patch's edges into its neighbours' tokens, and the convolutional tokenizer's 3×3
+convolutions and max-pools (`vit_conv_lsa`) its content (SimMIM's way of masking a tokenizer that mixes pixels
+across patches; a visible token next to a hidden patch sees zeros there, a shift that the supervised stage undoes). The encoder (the classifier's own
 tokenizer, position embeddings, transformer blocks and final LayerNorm) runs on the visible tokens only; a small
 decoder (a linear map, a mask token, its own position embeddings, one transformer block, a linear map to pixels)
 sees every position and predicts each masked patch's pixels (by default normalised per patch, MAE's
@@ -67,12 +69,11 @@ class MaskedAutoencoder(nn.Module):
     def check_config(config, mask_ratio: float) -> None:
         """Raise ValueError, saying what to change, if this model cannot be pre-trained so."""
         if getattr(config, "model_type", None) != "medmnist_vit":
-            raise ValueError("MAE pre-training (--mae_epochs) needs a ViT: --model vit or vit_lsa.")
-        if config.use_convolutional_tokenizer or config.pooling == "flatten":
-            # Both need the whole token grid: the tokenizer's pooling mixes patches, the head reads every token.
-            raise ValueError("MAE pre-training (--mae_epochs) needs one token per patch and a head that pools: use "
-                             "SPT or the plain tokenizer (--model vit or vit_lsa) with pooling mean, attention or "
-                             "cls, not the convolutional tokenizer (vit_conv_lsa) or pooling=flatten.")
+            raise ValueError("MAE pre-training (--mae_epochs) needs a ViT: --model vit, vit_lsa or vit_conv_lsa.")
+        if config.pooling == "flatten":
+            # The head reads every token in its place; MAE's encoder sees a quarter of them.
+            raise ValueError("MAE pre-training (--mae_epochs) needs a head that pools the tokens: pooling mean, "
+                             "attention or cls, not pooling=flatten.")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"--mae_mask_ratio must lie in (0, 1) (MAE: 0.75), got {mask_ratio}.")
 
