@@ -191,7 +191,8 @@ def test_train_py_refuses_bad_mae_arguments(data_dir, tmp_path, capsys):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
         assert message in capsys.readouterr().err
-    for argv, message in ((["--model", "cnn"], "needs a ViT"), (["--config_overrides", "pooling=flatten"], "pooling=flatten"),
+    for argv, message in ((["--model", "cnn"], "needs a ViT"),
+                          (["--config_overrides", "pooling=flatten"], "pooling=flatten"),
                           (["--mae_mask_ratio", "0"], "must lie in (0, 1)")):
         output_dir = tmp_path / "never"
         with pytest.raises(SystemExit) as exit_info:

@@ -6,12 +6,12 @@ Each step hides a random `mask_ratio` of the patches of every image. The masked 
 data set's mean after normalisation) before tokenizing, so that the tokenizer cannot see them: SPT's shifted copies
 would otherwise carry a masked patch's edges into its neighbours' tokens, and the convolutional tokenizer's 3×3
 convolutions and max-pools (`vit_conv_lsa`) its content (SimMIM's way of masking a tokenizer that mixes pixels
-across patches; a visible token next to a hidden patch sees zeros there, a shift that the supervised stage undoes). The encoder (the classifier's own
+across patches; a visible token next to a hidden patch sees zeros there). The encoder (the classifier's own
 tokenizer, position embeddings, transformer blocks and final LayerNorm) runs on the visible tokens only; a small
 decoder (a linear map, a mask token, its own position embeddings, one transformer block, a linear map to pixels)
-sees every position and predicts each masked patch's pixels (by default normalised per patch, MAE's
-`norm_pix_loss`) under a mean squared error. The decoder is a training-only module: after pre-training it is
-dropped and the classifier keeps the encoder's weights.
+sees every position and predicts each masked patch's pixels (by default normalised per patch, MAE's `norm_pix_loss`)
+under a mean squared error. The decoder is a training-only module: after pre-training it is dropped and the
+classifier keeps the encoder's weights.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class MaskedAutoencoder(nn.Module):
         if getattr(config, "model_type", None) != "medmnist_vit":
             raise ValueError("MAE pre-training (--mae_epochs) needs a ViT: --model vit, vit_lsa or vit_conv_lsa.")
         if config.pooling == "flatten":
-            # The head reads every token in its place; MAE's encoder sees a quarter of them.
+            # The head reads every token in its place; MAE's encoder sees only the visible ones.
             raise ValueError("MAE pre-training (--mae_epochs) needs a head that pools the tokens: pooling mean, "
                              "attention or cls, not pooling=flatten.")
         if not 0.0 < mask_ratio < 1.0:
