@@ -5,7 +5,10 @@ epoch and averaged over the last 20 epochs, wall-clock, and the per-epoch valida
 
     python benchmarks/search_log.py results/search_breastmnist.json J_seed1=runs/search/J-seed1 M_sam=runs/search/M-sam
 
-A run that evaluated the test split is refused: a search must choose on validation only. A name already in the log
+A run that evaluated the test split is refused: a search must choose on validation only. `--discard_test` records such
+runs anyway with their test figures dropped unread (`"test_discarded_unread": true`): for sweeps where every run
+ended with its test evaluation (the GPU sessions: one prepared command, no time to rerun) and the setting chosen on
+validation alone is the only one whose test figures are ever read. A name already in the log
 is replaced where it stands. `--summary` then prints, for each setting (the resolved recipe without the seed), the mean ± std over
 its seeds: one run's validation AUC on 78 BreastMNIST images moves by ±0.05 with the seed alone, so settings are
 compared over seeds, never on one run.
@@ -21,21 +24,23 @@ RESOLVED_KEYS = ("augmentation", "config_overrides", "per_device_train_batch_siz
                  "label_smoothing", "num_epochs", "optimizer", "recipe", "sam_rho", "ema_decay", "translate",
                  "distillation_type", "distillation_alpha", "distillation_temperature", "relative_localization_weight",
                  "relative_localization_pairs", "repeated_augmentation", "cross_validation_folds", "selection_metric",
-                 "seed")
+                 "mae_epochs", "seed")
 # What runs made before an option existed had instead (the option's default).
 ABSENT_MEANS = {"sam_rho": 0.0, "ema_decay": 0.0, "translate": None, "distillation_type": "hard",
                 "distillation_alpha": 0.5, "distillation_temperature": 1.0, "relative_localization_weight": 0.0,
                 "relative_localization_pairs": 32, "repeated_augmentation": 1, "cross_validation_folds": 0,
-                "selection_metric": "auc"}
+                "selection_metric": "auc", "mae_epochs": 0}
 
 
-def search_entry(name: str, run_dir: Path, last: int = 20) -> dict:
+def search_entry(name: str, run_dir: Path, last: int = 20, discard_test: bool = False) -> dict:
     results_path = run_dir / "all_results.json"
     if not results_path.is_file():
         raise ValueError(f"{run_dir}: no all_results.json (is the run finished?).")
     results = json.loads(results_path.read_text())
-    if results.get("test_metrics") is not None:
-        raise ValueError(f"{run_dir}: this run evaluated the test split; search runs use train.py --skip_test.")
+    tested = results.get("test_metrics") is not None
+    if tested and not discard_test:
+        raise ValueError(f"{run_dir}: this run evaluated the test split; search runs use train.py --skip_test "
+                         "(or --discard_test, to record it with its test figures dropped unread).")
     history = results["validation_history"]
     tail = history[-last:]
     mean = lambda key: sum(h["metrics"][key] for h in tail) / len(tail)  # noqa: E731
@@ -44,6 +49,7 @@ def search_entry(name: str, run_dir: Path, last: int = 20) -> dict:
         "name": name,
         "command": results["command"],
         "test_metrics": None,
+        **({"test_discarded_unread": True} if tested else {}),
         "resolved": {key: config[key] for key in RESOLVED_KEYS if key in config},
         "teacher": results.get("teacher"),
         "best_epoch": results["best_epoch"],
@@ -71,7 +77,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     for members in groups.values():
         row = {"command": members[0]["command"], "names": [m["name"] for m in members],
                "seeds": [m["resolved"].get("seed") for m in members]}
-        for key in ("validation_auc_at_best", "validation_auc_last20_mean"):
+        for key in ("validation_acc_at_best", "validation_auc_at_best", "validation_auc_last20_mean"):
             values = [m[key] for m in members if key in m]
             row[key] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
         summary.append(row)
@@ -83,6 +89,8 @@ def main(argv=None):
     parser.add_argument("log", type=Path, help="The search log (JSON) to add to; created when absent.")
     parser.add_argument("runs", nargs="*", help="NAME=RUN_DIR pairs.")
     parser.add_argument("--summary", action="store_true", help="Print each setting's mean ± std over its seeds.")
+    parser.add_argument("--discard_test", action="store_true",
+                        help="Record runs that evaluated the test split too, their test figures dropped unread.")
     args = parser.parse_args(argv)
     if not args.runs and not args.summary:
         parser.error("give NAME=RUN_DIR pairs to add, or --summary.")
@@ -93,7 +101,7 @@ def main(argv=None):
             name, sep, run_dir = pair.partition("=")
             if not sep:
                 raise ValueError(f"{pair!r} is not NAME=RUN_DIR.")
-            entries.append(search_entry(name, Path(run_dir)))
+            entries.append(search_entry(name, Path(run_dir), discard_test=args.discard_test))
     except ValueError as error:
         print(f"search_log.py: error: {error}", file=sys.stderr)
         return 2
@@ -107,9 +115,10 @@ def main(argv=None):
               f"{entry['validation_auc_last20_mean']:.3f}, {entry['wall_clock_minutes']:.1f} min")
     if args.summary:
         for row in summarize(log["runs"]):
-            best, last = row["validation_auc_at_best"], row["validation_auc_last20_mean"]
-            print(f"{', '.join(row['names'])} ({len(row['names'])} runs): val AUC at best {best[0]:.3f} ± {best[1]:.3f}, "
-                  f"last 20 {last[0]:.3f} ± {last[1]:.3f}\n    {row['command']}")
+            acc, best, last = (row[f"validation_{key}"] for key in ("acc_at_best", "auc_at_best", "auc_last20_mean"))
+            print(f"{', '.join(row['names'])} ({len(row['names'])} runs): val ACC / AUC at best {acc[0]:.4f} ± "
+                  f"{acc[1]:.4f} / {best[0]:.5f} ± {best[1]:.5f}, AUC last 20 {last[0]:.4f} ± {last[1]:.4f}\n"
+                  f"    {row['command']}")
     return 0
 
 
