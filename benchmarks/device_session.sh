@@ -3,14 +3,16 @@
 # STAGES (default "sweep") picks among:
 #   throughput: benchmarks/throughput.py on the GPU (ours vs the vit-pytorch anchor, bf16 and fp32);
 #   seed:       the seed's BloodMNIST ViT + SPT + LSA recipe (50 epochs), timed end to end;
-#   sweep:      BloodMNIST rows (default recipe: vit_conv_lsa, vit, vit_lsa × seeds 0 1 2) through
+#   sweep:      BloodMNIST rows (default recipe: vit, vit_conv_lsa × seeds 0 1 2) through
 #               benchmarks/run_results.py, all runs at once on the one GPU (SWEEP_MODELS to choose others: e.g.
 #               SWEEP_MODELS="cnn vit_conv_lsa+distilled" trains the CNN teachers, then the students distilled from
 #               them with DISTILLATION_ARGS, default soft T 2 as on BreastMNIST; TRAIN_ARGS for e.g. --num_epochs 50).
 # Measured on one H200 (session 30, BloodMNIST vit, default geometry, batch 128): the step is bound by kernel launches,
 # not by the GPU: 52 steps/s alone in fp32, 40 in bf16 autocast (its casts are more launches), so PRECISION
 # defaults to fp32 ("no"); 6 runs at once 19-21 steps/s each, 27-32 under MPS (started here when present); 9 at once
-# under MPS about 20 each. A 100-epoch BloodMNIST ViT run is 9,400 steps: nine of them take about 8 minutes.
+# under MPS about 20 each. A 100-epoch BloodMNIST ViT run is 9,400 steps: six at once (~30 steps/s each) take about
+# 5-6 minutes, nine (~20 each, fewer for the 8-block vit_lsa) more than the sweep's 480 s, and a killed sweep keeps
+# nothing: two models per call.
 # Everything comes back as one archive, $OUT/device_results.tar.gz (the device tool returns at most 8 files).
 #
 # Before the call, on the development machine, from the repository root (once):
@@ -74,7 +76,7 @@ echo "exit $status after $(( $(date +%s) - start )) s" | tee -a "$WORK/seed-reci
 fi
 
 if [[ " $STAGES " == *" sweep "* ]]; then
-SWEEP_MODELS="${SWEEP_MODELS:-vit_conv_lsa vit vit_lsa}"
+SWEEP_MODELS="${SWEEP_MODELS:-vit vit_conv_lsa}"
 echo "== BloodMNIST rows (default recipe ${TRAIN_ARGS:-}): $SWEEP_MODELS, three seeds each, all at once"
 # Concurrent runs share the GPU far better under MPS; one short run first fills the datasets cache they all read.
 command -v nvidia-cuda-mps-control > /dev/null && nvidia-cuda-mps-control -d && echo "MPS on"
