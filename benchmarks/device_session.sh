@@ -79,14 +79,15 @@ if [[ " $STAGES " == *" sweep "* ]]; then
 SWEEP_MODELS="${SWEEP_MODELS:-vit vit_conv_lsa}"
 echo "== BloodMNIST rows (default recipe ${TRAIN_ARGS:-}): $SWEEP_MODELS, three seeds each, all at once"
 # Concurrent runs share the GPU far better under MPS; one short run first fills the datasets cache they all read.
-command -v nvidia-cuda-mps-control > /dev/null && nvidia-cuda-mps-control -d && echo "MPS on"
+MPS_CONTROL=$(command -v nvidia-cuda-mps-control)
+[ -n "$MPS_CONTROL" ] && "$MPS_CONTROL" -d && echo "MPS on"
 $LAUNCH train.py --model vit --dataset bloodmnist --data_dir .devdata --output_dir "$WORK/cache-warm-up" --report_to none \
     --max_train_steps 1 --skip_test > "$WORK/cache-warm-up.log" 2>&1
 timeout "${SWEEP_S:-480}" $PYTHON benchmarks/run_results.py --datasets bloodmnist --models $SWEEP_MODELS \
     --seeds 0 1 2 --jobs $(( 3 * $(wc -w <<< "$SWEEP_MODELS") )) --data_dir .devdata --runs_dir "$WORK/runs" --results_dir "$WORK/results" \
     --launch "$LAUNCH" --train_args "--report_to none --checkpoints_total_limit 1 ${TRAIN_ARGS:-} $EXTRA" \
     --distillation_args "${DISTILLATION_ARGS:---distillation_type soft --distillation_temperature 2}" 2>&1 | tail -n 40
-command -v nvidia-cuda-mps-control > /dev/null && echo quit | nvidia-cuda-mps-control
+[ -n "$MPS_CONTROL" ] && echo quit | "$MPS_CONTROL"
 fi
 
 # Bring back the records, not the weights.

@@ -116,14 +116,13 @@ def test_search_log_records_skip_test_runs_and_refuses_tested_ones(sweep, tmp_pa
     assert search_log.main([str(log), f"T={tested}"]) == 2
     assert "evaluated the test split" in capsys.readouterr().err
     assert [run["name"] for run in json.loads(log.read_text())["runs"]] == ["S"]
-    # --discard_test records it, its test figures dropped: nothing of them reaches the log.
-    assert search_log.main([str(log), f"T={tested}", "--discard_test"]) == 0
-    entry = json.loads(log.read_text())["runs"][-1]
+    # --discard_test records it (here in a log of its own), its test figures dropped: nothing of them reaches the log.
+    discarded_log = tmp_path / "discarded.json"
+    assert search_log.main([str(discarded_log), f"T={tested}", "--discard_test"]) == 0
+    (entry,) = json.loads(discarded_log.read_text())["runs"]
     assert entry["name"] == "T" and entry["test_metrics"] is None and entry["test_discarded_unread"] is True
     assert json.loads((tested / "all_results.json").read_text())["test_metrics"]["acc"] is not None
     assert {key for key in entry if "test" in key} == {"test_metrics", "test_discarded_unread"}
-    log.write_text(json.dumps({**json.loads(log.read_text()), "runs": [entry for entry in json.loads(
-        log.read_text())["runs"] if entry["name"] == "S"]}))
 
     # The same setting with another seed is summarised with it; another learning rate is another setting.
     train.main(["--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(root / "data"), "--no_verify_checksum",
