@@ -114,6 +114,10 @@ def parse_args(argv=None):
     add("--warmup_epochs", type=float, default=None, help="Linear warm-up length in epochs (fractions allowed).")
     add("--lr_scheduler", choices=[s.value for s in SchedulerType], default=None)
     add("--label_smoothing", type=float, default=None)
+    add("--layer_decay", type=float, default=1.0,
+        help="ViTs: layer-wise learning-rate decay (BEiT / MAE fine-tuning): the head keeps the full rate, block i "
+             "of L gets decay^(L - i), the embeddings decay^(L + 1), so pre-trained early layers move least; "
+             "1 = off. Not applied in MAE pre-training.")
     add("--max_grad_norm", type=float, default=1.0, help="Gradient clipping; 0 turns it off.")
     add("--sam_rho", type=float, default=0.0,
         help="Sharpness-aware minimisation radius (training/sam.py; two forward/backward passes per update); 0 = off.")
@@ -206,6 +210,11 @@ def parse_args(argv=None):
                      f"--relative_localization_pairs >= 1 (got {args.relative_localization_pairs}).")
     if args.relative_localization_weight > 0 and args.model == "cnn":
         parser.error("--relative_localization_weight needs a token grid: use it with a ViT (--model vit, vit_lsa or vit_conv_lsa).")
+    if not 0.0 < args.layer_decay <= 1.0:
+        parser.error(f"--layer_decay must lie in (0, 1] (1 = off), got {args.layer_decay}.")
+    if args.layer_decay < 1.0 and args.model == "cnn":
+        parser.error("--layer_decay scales the learning rate per transformer block: use it with a ViT (--model vit, "
+                     "vit_lsa or vit_conv_lsa), or leave it at 1 for the CNN.")
     if args.mae_epochs < 0:
         parser.error(f"--mae_epochs must be >= 0 (0 = no pre-training), got {args.mae_epochs}.")
     if args.sam_rho > 0 and args.gradient_accumulation_steps > 1:
@@ -287,14 +296,34 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def build_optimizer(args, *modules):
+def layer_index(name: str, num_layers: int) -> int:
+    """A ViT parameter's depth for layer-wise decay: 0 for the embeddings, i + 1 for block i, num_layers + 1 for
+    the head and anything else (DRLoc's regressor)."""
+    if name.startswith("embeddings."):
+        return 0
+    if name.startswith("layers."):
+        return int(name.split(".")[1]) + 1
+    return num_layers + 1
+
+
+def build_optimizer(args, *modules, layer_decay: float = 1.0):
+    """Parameter groups by weight decay and, with `layer_decay` < 1, by depth (the first module is the ViT); each
+    group's "lr" is its share of the peak rate, which the scheduler then scales. Full-rate groups come first, so
+    that the logged learning rate is the peak one."""
     # No weight decay on biases, norms and LSA temperatures (1-D), position embeddings and the CLS token.
     no_decay = lambda name, p: p.ndim < 2 or name.endswith(("position_embeddings", "cls_token"))  # noqa: E731
-    params = [(n, p) for module in modules for n, p in module.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": args.weight_decay},
-        {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
-    ]
+    num_layers = getattr(modules[0].config, "num_hidden_layers", 0) if layer_decay < 1.0 else 0
+    grouped = {}
+    for index, module in enumerate(modules):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            depth = layer_index(name, num_layers) if index == 0 and layer_decay < 1.0 else num_layers + 1
+            scale = layer_decay ** (num_layers + 1 - depth)
+            grouped.setdefault((scale, no_decay(name, p)), []).append(p)
+    groups = [{"params": params, "weight_decay": 0.0 if skip_decay else args.weight_decay,
+               "lr": args.learning_rate * scale}
+              for (scale, skip_decay), params in sorted(grouped.items(), key=lambda item: (-item[0][0], item[0][1]))]
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
     if args.optimizer == "adam":
@@ -496,7 +525,7 @@ def main(argv=None):
                                                 args.relative_localization_pairs).to(accelerator.device)
         trained_modules.append(localization)
     first_grid_token = 1 if getattr(model.config, "pooling", None) == "cls" else 0
-    optimizer = build_optimizer(args, *trained_modules)
+    optimizer = build_optimizer(args, *trained_modules, layer_decay=args.layer_decay)
     # accelerate steps a prepared scheduler once per process per update, hence the factor num_processes.
     scheduler = get_scheduler(
         args.lr_scheduler, optimizer,

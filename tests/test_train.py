@@ -244,6 +244,8 @@ def train_in_process(argv, capsys) -> tuple[int, str]:
         (["--model", "cnn", "--translate", "1.5"], "translate must be in [0, 1], got 1.5"),
         (["--model", "cnn", "--zoom", "1"], "zoom must be in [0, 1), got 1.0"),
         (["--model", "cnn", "--rotation_degrees", "-5"], "rotation_degrees must be >= 0, got -5.0"),
+        (["--model", "cnn", "--layer_decay", "0.75"], "use it with a ViT"),
+        (["--model", "vit", "--layer_decay", "0"], "--layer_decay must lie in (0, 1]"),
     ],
 )
 def test_bad_arguments_fail_before_writing_anything(data_dir, tmp_path, capsys, args, message):
