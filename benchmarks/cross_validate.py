@@ -22,6 +22,12 @@ Seeds: one setting's figures move with `--seed` as much as settings differ, so a
 seed under another name. `--compare A,A_seed1 B,B_seed1` then pools each group: per fold the mean over its settings,
 and the paired difference of those fold means (last-20-epoch AUC and ACC) with a 95% t-interval over folds.
 
+Stopping early: `--progress A,A_seed1 B,B_seed1` (read-only; A may still be running) pools the folds that every
+setting has finished so far, as `--compare` does, and says whether the K-fold rule can still be met: the smallest
+difference each remaining fold would need (all alike: for a given sum, equal values spread least, so if they cannot
+pass, nothing can), or that no difference in [−1, 1] can lift the 95% interval above 0 any more. With two of five
+folds clearly negative that point comes early, and the remaining folds' hours can go to the next candidate.
+
 Distillation: each fold's student must learn from a teacher trained on that fold's training part (train.py refuses
 any other, which has seen the held-out images): cross-validate the teacher first, then pass
 `--teacher_model_name_or_path runs/cv/<teacher setting>/fold{fold}/best` in `--train_args`.
@@ -35,7 +41,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_results import ROOT, mean_std_ci, run_in_parallel  # noqa: E402
+from run_results import ROOT, T_975, mean_std_ci, run_in_parallel  # noqa: E402
 from search_log import search_entry  # noqa: E402
 
 FIGURES = ("validation_auc_last20_mean", "validation_acc_last20_mean", "validation_auc_at_best",
@@ -64,6 +70,10 @@ def parse_args(argv=None):
                         help="Two comma-separated groups of the log's settings (e.g. one recipe run with --seed 0 "
                              "and --seed 1, and its reference likewise): prints the paired difference of their "
                              "per-fold means.")
+    parser.add_argument("--progress", nargs=2, metavar=("SETTINGS", "REFERENCE_SETTINGS"),
+                        help="Like --compare, over the folds every setting has finished so far (from the log, or "
+                             "from <runs_dir>/<name>/fold<i> for a setting still running), and whether the "
+                             "--folds-fold difference can still have its 95%% interval above 0. Trains nothing.")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}.")
@@ -153,6 +163,68 @@ def pooled_lines(log: dict, names: list[str], reference_names: list[str]) -> lis
     return lines
 
 
+def lower_bound(differences: list[float]) -> float:
+    """The lower end of the 95% t-interval of the differences' mean."""
+    n = len(differences)
+    return statistics.fmean(differences) - T_975[n - 1] * statistics.stdev(differences) / n**0.5
+
+
+def needed_on_each_remaining_fold(observed: list[float], folds: int, step: float = 1e-4) -> float | None:
+    """The smallest difference x that each of the `folds - len(observed)` folds still to come must reach, all alike,
+    for the `folds`-fold 95% interval to lie above 0; None when no x in [−1, 1] (the range of an AUC or ACC
+    difference) does. Alike is the easiest way: for a given sum, equal values have the least spread, so when no
+    common x passes no other values can."""
+    remaining = folds - len(observed)
+    if remaining <= 0:
+        return None if lower_bound(observed) <= 0 else float("-inf")
+    for k in range(round(2 / step) + 1):
+        x = -1 + k * step
+        if lower_bound(observed + [x] * remaining) > 0:
+            return x
+    return None
+
+
+def fold_entries(log: dict, args, name: str) -> list[dict | None]:
+    """A setting's per-fold entries: from the log when recorded there, else each finished fold from the runs folder
+    (None for a fold not finished yet)."""
+    for setting in log["settings"]:
+        if setting["name"] == name:
+            if setting["folds"] != args.folds:
+                raise ValueError(f"--progress: {name} has {setting['folds']} folds in the log, not --folds "
+                                 f"{args.folds}.")
+            return setting["fold_runs"]
+    run_dir = Path(args.runs_dir) / name
+    if not run_dir.is_dir():
+        raise ValueError(f"--progress: {name} is neither in the log nor a folder of {args.runs_dir}.")
+    return [search_entry(f"{name}/fold{fold}", run_dir / f"fold{fold}")
+            if (run_dir / f"fold{fold}" / "all_results.json").is_file() else None for fold in range(args.folds)]
+
+
+def progress_lines(log: dict, args, names: list[str], reference_names: list[str]) -> list[str]:
+    """The pooled paired difference over the folds every setting has finished, and whether the rule can still pass."""
+    entries = {name: fold_entries(log, args, name) for name in names + reference_names}
+    done = [fold for fold in range(args.folds) if all(entries[name][fold] is not None for name in entries)]
+    lines = [f"progress: mean of {' + '.join(names)} − mean of {' + '.join(reference_names)}, folds finished by "
+             f"all: {', '.join(map(str, done)) or 'none'} of {args.folds}"]
+    if not done:
+        return lines
+    for key in ("validation_auc_last20_mean", "validation_acc_last20_mean"):
+        differences = [statistics.fmean(entries[n][fold][key] for n in names)
+                       - statistics.fmean(entries[n][fold][key] for n in reference_names) for fold in done]
+        per_fold = ", ".join(f"{d:+.4f}" for d in differences)
+        line = f"  {key}: mean {statistics.fmean(differences):+.4f} (folds {per_fold})"
+        needed = needed_on_each_remaining_fold(differences, args.folds)
+        if len(done) == args.folds:
+            line += "; the 95% interval lies above 0" if needed is not None else "; the 95% interval reaches 0 or below"
+        elif needed is None:
+            line += ("; a 95% interval above 0 is no longer possible: no differences on the remaining folds can "
+                     "give one")
+        else:
+            line += f"; still possible: needs {needed:+.4f} or more on each of the {args.folds - len(done)} left"
+        lines.append(line)
+    return lines
+
+
 def summary_lines(log: dict, reference_name: str | None = None) -> list[str]:
     names = [s["name"] for s in log["settings"]]
     if reference_name is not None and reference_name not in names:
@@ -195,6 +267,14 @@ def draw_chart(log: dict, path: Path) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.progress:
+        log = json.loads(args.log.read_text()) if args.log.is_file() else {"settings": []}
+        try:
+            print("\n".join(progress_lines(log, args, *[group.split(",") for group in args.progress])))
+        except ValueError as error:
+            print(f"cross_validate.py: error: {error}", file=sys.stderr)
+            return 2
+        return 0
     if args.name is not None and not args.collect_only:
         failures = run_folds(args)
         if failures:

@@ -1,6 +1,7 @@
 """K-fold cross-validation: the folds (data.cross_validation), train.py's fold runs and benchmarks/cross_validate.py."""
 
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -161,7 +162,6 @@ def test_script_refuses_folds_of_another_split(cross_validation, capsys):
 def test_settings_run_at_the_same_time_both_reach_the_log(cross_validation):
     """Two cross_validate.py processes sharing a log (one setting each): the one that finishes last must keep what
     the other wrote while it trained."""
-    import shutil
     import subprocess
     import time
 
@@ -195,7 +195,6 @@ def test_flip_averaging_check_rebuilds_each_held_out_fold_and_refuses_other_runs
     assert "best: flip − as trained over 2 folds" in capsys.readouterr().out
 
     # --data_dir: the runs' own data folder gone (moved), the same figures from the folder named instead.
-    import shutil
     recorded_dir = Path(json.loads((root / "runs" / "plain" / "fold0" / "run_config.json").read_text())["data_dir"])
     moved = shutil.move(recorded_dir, tmp_path / "moved_data")
     try:
@@ -213,7 +212,6 @@ def test_flip_averaging_check_rebuilds_each_held_out_fold_and_refuses_other_runs
 
 
 def test_fold_ensemble_scores_each_model_and_their_mean_logits_on_its_own_held_out_fold(cross_validation, tmp_path):
-    import shutil
 
     import fold_ensemble
 
@@ -240,7 +238,6 @@ def test_fold_ensemble_scores_each_model_and_their_mean_logits_on_its_own_held_o
 
 
 def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_validation, tmp_path):
-    import shutil
     import subprocess
 
     root, _, common = cross_validation
@@ -314,3 +311,42 @@ def test_compare_pools_seeds_fold_by_fold_before_pairing(tmp_path, capsys):
     path.write_text(json.dumps(log))
     assert cross_validate.main([str(path), "--compare", "two-folds", "ref-s0"]) == 2
     assert "different fold counts ([2, 3])" in capsys.readouterr().err
+
+
+def test_needed_difference_is_the_smallest_that_passes_and_none_when_nothing_can():
+    # Two folds of five clearly negative: however large the three left, the spread grows as fast as the mean.
+    assert cross_validate.needed_on_each_remaining_fold([-0.02, -0.03], 5) is None
+    rng = np.random.default_rng(0)
+    for _ in range(2000):  # nor do unequal values: alike is the easiest way
+        assert cross_validate.lower_bound([-0.02, -0.03, *rng.uniform(-1, 1, 3)]) <= 0
+    # Two positive folds: a common x for the other three exists, and it is the smallest on the grid that passes.
+    needed = cross_validate.needed_on_each_remaining_fold([0.03, 0.02], 5)
+    assert needed is not None and 0 < needed < 0.03
+    assert cross_validate.lower_bound([0.03, 0.02] + [needed] * 3) > 0
+    assert cross_validate.lower_bound([0.03, 0.02] + [needed - 1e-4] * 3) <= 0
+    # Every fold done: the verdict is the interval's own.
+    assert cross_validate.needed_on_each_remaining_fold([0.01, 0.02, 0.015], 3) == float("-inf")
+    assert cross_validate.needed_on_each_remaining_fold([0.01, -0.02, 0.015], 3) is None
+
+
+def test_progress_pairs_the_folds_a_running_setting_has_finished(cross_validation, capsys):
+    root, log_path, common = cross_validation
+    log = json.loads(log_path.read_text())
+    plain, smoothed = log["settings"]
+    # A setting still running: only its fold 1 is finished (smoothed's, copied), and it is not in the log.
+    (root / "runs" / "running").mkdir()
+    shutil.copytree(root / "runs" / "smoothed" / "fold1", root / "runs" / "running" / "fold1")
+    progress = ["--folds", "2", "--runs_dir", str(root / "runs")]
+    assert cross_validate.main([str(log_path), "--progress", "running", "plain", *progress]) == 0
+    out = capsys.readouterr().out
+    assert "folds finished by all: 1 of 2" in out
+    difference = (smoothed["fold_runs"][1]["validation_auc_last20_mean"]
+                  - plain["fold_runs"][1]["validation_auc_last20_mean"])
+    assert f"validation_auc_last20_mean: mean {difference:+.4f} (folds {difference:+.4f})" in out
+    assert ("no longer possible" in out) == (cross_validate.needed_on_each_remaining_fold([difference], 2) is None)
+    assert json.loads(log_path.read_text()) == log  # read-only
+    # Both recorded settings: every fold, and the verdict is the interval's.
+    assert cross_validate.main([str(log_path), "--progress", "smoothed", "plain", *progress]) == 0
+    assert "folds finished by all: 0, 1 of 2" in capsys.readouterr().out
+    assert cross_validate.main([str(log_path), "--progress", "nowhere", "plain", *progress]) == 2
+    assert "nowhere is neither in the log nor a folder of" in capsys.readouterr().err
