@@ -330,9 +330,9 @@ def test_needed_difference_is_the_smallest_that_passes_and_none_when_nothing_can
 
 
 def test_progress_pairs_the_folds_a_running_setting_has_finished(cross_validation, capsys):
-    root, log_path, common = cross_validation
+    root, log_path, _ = cross_validation
     log = json.loads(log_path.read_text())
-    plain, smoothed = log["settings"]
+    plain, smoothed = ({s["name"]: s for s in log["settings"]}[name] for name in ("plain", "smoothed"))
     # A setting still running: only its fold 1 is finished (smoothed's, copied), and it is not in the log.
     (root / "runs" / "running").mkdir()
     shutil.copytree(root / "runs" / "smoothed" / "fold1", root / "runs" / "running" / "fold1")
