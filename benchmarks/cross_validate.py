@@ -220,7 +220,8 @@ def progress_lines(log: dict, args, names: list[str], reference_names: list[str]
             line += ("; a 95% interval above 0 is no longer possible: no differences on the remaining folds can "
                      "give one")
         else:
-            line += f"; still possible: needs {needed:+.4f} or more on each of the {args.folds - len(done)} left"
+            line += (f"; still possible: the {args.folds - len(done)} folds left need at least {needed:+.4f} each "
+                     "(if alike)")
         lines.append(line)
     return lines
 
