@@ -318,7 +318,7 @@ def build_optimizer(args, *modules, layer_decay: float = 1.0):
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            depth = layer_index(name, num_layers) if index == 0 and layer_decay < 1.0 else num_layers + 1
+            depth = layer_index(name, num_layers) if index == 0 else num_layers + 1  # decay 1: scale 1
             scale = layer_decay ** (num_layers + 1 - depth)
             grouped.setdefault((scale, no_decay(name, p)), []).append(p)
     groups = [{"params": params, "weight_decay": 0.0 if skip_decay else args.weight_decay,

@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_results import ROOT, T_975, mean_std_ci, run_in_parallel  # noqa: E402
+from run_results import ROOT, mean_std_ci, run_in_parallel  # noqa: E402
 from search_log import search_entry  # noqa: E402
 
 FIGURES = ("validation_auc_last20_mean", "validation_acc_last20_mean", "validation_auc_at_best",
@@ -132,6 +132,14 @@ def mean_and_interval(differences: list[float]) -> dict:
     return {**mean_std_ci(differences), "per_fold": differences}
 
 
+def group_differences(fold_runs: dict[str, list[dict]], names: list[str], reference_names: list[str],
+                      folds: list[int], key: str) -> list[float]:
+    """Per fold of `folds`, the mean of `names`' figure `key` minus the mean of `reference_names'`
+    (`fold_runs`: each setting's per-fold entries)."""
+    return [statistics.fmean(fold_runs[name][fold][key] for name in names)
+            - statistics.fmean(fold_runs[name][fold][key] for name in reference_names) for fold in folds]
+
+
 def pooled_difference(log: dict, names: list[str], reference_names: list[str]) -> dict[str, dict]:
     """Per fold, the mean of `names`' figures minus the mean of `reference_names'`, paired over folds: the figure of a
     recipe tried with several seeds (each seed a setting of the log) against its reference tried likewise.
@@ -144,13 +152,9 @@ def pooled_difference(log: dict, names: list[str], reference_names: list[str]) -
     if len(fold_counts) != 1:
         raise ValueError(f"--compare: the settings have different fold counts ({sorted(fold_counts)}); pool only "
                          "settings of the same K folds.")
-    folds = fold_counts.pop()
-
-    def fold_means(group: list[str], key: str) -> list[float]:
-        return [statistics.fmean(settings[name]["fold_runs"][fold][key] for name in group)
-                for fold in range(folds)]
-
-    return {key: mean_and_interval([a - b for a, b in zip(fold_means(names, key), fold_means(reference_names, key))])
+    fold_runs = {name: settings[name]["fold_runs"] for name in names + reference_names}
+    folds = list(range(fold_counts.pop()))
+    return {key: mean_and_interval(group_differences(fold_runs, names, reference_names, folds, key))
             for key in ("validation_auc_last20_mean", "validation_acc_last20_mean")}
 
 
@@ -165,8 +169,7 @@ def pooled_lines(log: dict, names: list[str], reference_names: list[str]) -> lis
 
 def lower_bound(differences: list[float]) -> float:
     """The lower end of the 95% t-interval of the differences' mean."""
-    n = len(differences)
-    return statistics.fmean(differences) - T_975[n - 1] * statistics.stdev(differences) / n**0.5
+    return mean_std_ci(differences)["ci95"][0]
 
 
 def needed_on_each_remaining_fold(observed: list[float], folds: int, step: float = 1e-4) -> float | None:
@@ -209,8 +212,7 @@ def progress_lines(log: dict, args, names: list[str], reference_names: list[str]
     if not done:
         return lines
     for key in ("validation_auc_last20_mean", "validation_acc_last20_mean"):
-        differences = [statistics.fmean(entries[n][fold][key] for n in names)
-                       - statistics.fmean(entries[n][fold][key] for n in reference_names) for fold in done]
+        differences = group_differences(entries, names, reference_names, done, key)
         per_fold = ", ".join(f"{d:+.4f}" for d in differences)
         line = f"  {key}: mean {statistics.fmean(differences):+.4f} (folds {per_fold})"
         needed = needed_on_each_remaining_fold(differences, args.folds)
@@ -266,10 +268,17 @@ def draw_chart(log: dict, path: Path) -> None:
     figure.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def read_log(path: Path) -> dict:
+    """The log, or an empty one when the file does not exist yet."""
+    return json.loads(path.read_text()) if path.is_file() else {
+        "what": "K-fold cross-validation on train + validation (benchmarks/cross_validate.py); no test split",
+        "settings": []}
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.progress:
-        log = json.loads(args.log.read_text()) if args.log.is_file() else {"settings": []}
+        log = read_log(args.log)
         try:
             print("\n".join(progress_lines(log, args, *[group.split(",") for group in args.progress])))
         except ValueError as error:
@@ -282,9 +291,7 @@ def main(argv=None):
             print("cross_validate.py: failed folds:\n  " + "\n  ".join(failures), file=sys.stderr)
             return 1
     # Read after training, not before: another setting's cross_validate.py may have written the log meanwhile.
-    log = json.loads(args.log.read_text()) if args.log.is_file() else {
-        "what": "K-fold cross-validation on train + validation (benchmarks/cross_validate.py); no test split",
-        "settings": []}
+    log = read_log(args.log)
     if args.name is not None:
         try:
             record = setting_record(args)

@@ -6,16 +6,14 @@ import argparse
 import torch
 from tiny_runs import TINY_VIT, checkpoints_in_order, train_tiny_vit
 
+import models
 import train
-from models.configuration_vit import MedViTConfig
-from models.modeling_vit import MedViTForImageClassification
 
 
-def tiny_vit(num_layers: int) -> MedViTForImageClassification:
-    return MedViTForImageClassification(MedViTConfig(
-        image_size=28, patch_size=7, hidden_size=16, num_hidden_layers=num_layers, attention_head_dim=8,
-        intermediate_size=32, use_shifted_patch_tokenization=True, use_locality_self_attention=True,
-        pooling="mean", head_hidden_sizes=[]))
+def tiny_vit(num_layers: int):
+    return models.build_model("vit_lsa", 1, 2, image_size=28, patch_size=7, hidden_size=16,
+                              num_hidden_layers=num_layers, attention_head_dim=8, intermediate_size=32,
+                              pooling="mean", head_hidden_sizes=[])
 
 
 def lr_and_weight_decay_of(optimizer) -> dict[int, tuple[float, float]]:
