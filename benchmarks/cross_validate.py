@@ -208,7 +208,7 @@ def progress_lines(log: dict, args, names: list[str], reference_names: list[str]
     entries = {name: fold_entries(log, args, name) for name in names + reference_names}
     done = [fold for fold in range(args.folds) if all(entries[name][fold] is not None for name in entries)]
     lines = [f"progress: mean of {' + '.join(names)} − mean of {' + '.join(reference_names)}, folds finished by "
-             f"all: {', '.join(map(str, done)) or 'none'} of {args.folds}"]
+             f"all: {len(done)} of {args.folds} ({', '.join(f'fold{fold}' for fold in done) or 'none yet'})"]
     if not done:
         return lines
     for key in ("validation_auc_last20_mean", "validation_acc_last20_mean"):

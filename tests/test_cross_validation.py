@@ -339,7 +339,7 @@ def test_progress_pairs_the_folds_a_running_setting_has_finished(cross_validatio
     progress = ["--folds", "2", "--runs_dir", str(root / "runs")]
     assert cross_validate.main([str(log_path), "--progress", "running", "plain", *progress]) == 0
     out = capsys.readouterr().out
-    assert "folds finished by all: 1 of 2" in out
+    assert "folds finished by all: 1 of 2 (fold1)" in out
     difference = (smoothed["fold_runs"][1]["validation_auc_last20_mean"]
                   - plain["fold_runs"][1]["validation_auc_last20_mean"])
     assert f"validation_auc_last20_mean: mean {difference:+.4f} (folds {difference:+.4f})" in out
@@ -347,6 +347,6 @@ def test_progress_pairs_the_folds_a_running_setting_has_finished(cross_validatio
     assert json.loads(log_path.read_text()) == log  # read-only
     # Both recorded settings: every fold, and the verdict is the interval's.
     assert cross_validate.main([str(log_path), "--progress", "smoothed", "plain", *progress]) == 0
-    assert "folds finished by all: 0, 1 of 2" in capsys.readouterr().out
+    assert "folds finished by all: 2 of 2 (fold0, fold1)" in capsys.readouterr().out
     assert cross_validate.main([str(log_path), "--progress", "nowhere", "plain", *progress]) == 2
     assert "nowhere is neither in the log nor a folder of" in capsys.readouterr().err
