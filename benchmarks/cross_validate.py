@@ -26,7 +26,8 @@ Stopping early: `--progress A,A_seed1 B,B_seed1` (read-only; A may still be runn
 setting has finished so far, as `--compare` does, and says whether the K-fold rule can still be met: the smallest
 difference each remaining fold would need (all alike: for a given sum, equal values spread least, so if they cannot
 pass, nothing can), or that no difference in [−1, 1] can lift the 95% interval above 0 any more. With two of five
-folds clearly negative that point comes early, and the remaining folds' hours can go to the next candidate.
+folds at or below 0, however slightly, that point has come (the remaining three cannot raise the mean faster than the
+spread), and the remaining folds' hours can go to the next candidate.
 
 Distillation: each fold's student must learn from a teacher trained on that fold's training part (train.py refuses
 any other, which has seen the held-out images): cross-validate the teacher first, then pass

@@ -316,6 +316,7 @@ def test_compare_pools_seeds_fold_by_fold_before_pairing(tmp_path, capsys):
 def test_needed_difference_is_the_smallest_that_passes_and_none_when_nothing_can():
     # Two folds of five clearly negative: however large the three left, the spread grows as fast as the mean.
     assert cross_validate.needed_on_each_remaining_fold([-0.02, -0.03], 5) is None
+    assert cross_validate.needed_on_each_remaining_fold([-0.0001, 0.0], 5) is None  # nor barely at or below 0
     rng = np.random.default_rng(0)
     for _ in range(2000):  # nor do unequal values: alike is the easiest way
         assert cross_validate.lower_bound([-0.02, -0.03, *rng.uniform(-1, 1, 3)]) <= 0
