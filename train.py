@@ -176,9 +176,13 @@ def parse_args(argv=None):
              "epoch_XXX.npz (for checkpoint-selection studies: benchmarks/selection_study.py). Changes nothing else.")
     add("--cross_validation_folds", type=int, default=0,
         help="Recipe searches on small data sets: pool train + validation, cut it into this many stratified folds "
-             "(fixed, whatever the --seed) and validate on fold --cross_validation_fold instead of the official "
-             "validation split. Implies --skip_test. 0 = the official splits.")
+             "(fixed by --cross_validation_split_seed, whatever the --seed) and validate on fold "
+             "--cross_validation_fold instead of the official validation split. Implies --skip_test. 0 = the "
+             "official splits.")
     add("--cross_validation_fold", type=int, default=None, help="The held-out fold, 0-based.")
+    add("--cross_validation_split_seed", type=int, default=0,
+        help="Which partition into folds (0: the one every run before this option used). Repeated cross-validation "
+             "runs a recipe under several, so that which images happen to share a fold averages out too.")
     add("--skip_test", action="store_true",
         help="Never touch the test split (hyperparameter searches): all_results.json gets test_metrics null.")
     add("--report_to", default="tensorboard", help="accelerate tracker(s): tensorboard, all, or none.")
@@ -227,6 +231,9 @@ def parse_args(argv=None):
             parser.error(f"--cross_validation_folds must be >= 2 and --cross_validation_fold in 0..K-1; got "
                          f"{args.cross_validation_folds} and {args.cross_validation_fold}.")
         args.skip_test = True  # a fold run chooses recipes: the test split stays unseen
+    if args.cross_validation_split_seed < 0 or (args.cross_validation_split_seed and not args.cross_validation_folds):
+        parser.error(f"--cross_validation_split_seed {args.cross_validation_split_seed}: a partition into folds needs "
+                     "--cross_validation_folds K and --cross_validation_fold I, and the seed must be >= 0.")
     if args.repeated_augmentation < 1:
         parser.error(f"--repeated_augmentation must be at least 1 (1 = off), got {args.repeated_augmentation}.")
     if args.push_to_hub and not args.hub_model_id:
@@ -440,7 +447,8 @@ def main(argv=None):
         dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
                                      verify_checksum=not args.no_verify_checksum)
         if args.cross_validation_folds:
-            dataset = data.cross_validation_split(dataset, args.cross_validation_folds, args.cross_validation_fold)
+            dataset = data.cross_validation_split(dataset, args.cross_validation_folds, args.cross_validation_fold,
+                                                  split_seed=args.cross_validation_split_seed)
         info = data.medmnist_info(dataset)
         problem_type = "multi_label_classification" if info.is_multilabel else "single_label_classification"
         model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,
@@ -468,7 +476,7 @@ def main(argv=None):
         if args.teacher_model_name_or_path and args.cross_validation_folds:
             for teacher_path in args.teacher_model_name_or_path:
                 check_teacher_held_out_the_same_fold(teacher_path, args.dataset, args.cross_validation_folds,
-                                                     args.cross_validation_fold)
+                                                     args.cross_validation_fold, args.cross_validation_split_seed)
         teacher = TeacherEnsemble(args.teacher_model_name_or_path, info) if args.teacher_model_name_or_path else None
         augmentation = build_augmentation(args)
         if args.mae_epochs:

@@ -22,6 +22,13 @@ Seeds: one setting's figures move with `--seed` as much as settings differ, so a
 seed under another name. `--compare A,A_seed1 B,B_seed1` then pools each group: per fold the mean over its settings,
 and the paired difference of those fold means (last-20-epoch AUC and ACC) with a 95% t-interval over folds.
 
+Partitions: more seeds narrow the seed noise, not the spread that comes from which images share a fold (per-fold
+differences of 0.013–0.028 AUC on BreastMNIST). `--split_seed S` cuts the same images into other folds (train.py
+`--cross_validation_split_seed`): repeated cross-validation runs a setting and its reference under several split
+seeds, each under its own name, and `--compare A,A_split1 B,B_split1` pools them fold by fold as it pools seeds.
+`--compare` and `--progress` refuse groups whose partitions differ, and a distilled fold run's teacher must come from
+the same partition.
+
 Stopping early: `--progress A,A_seed1 B,B_seed1` (read-only; A may still be running) pools the folds that every
 setting has finished so far, as `--compare` does, and says whether the K-fold rule can still be met: the smallest
 difference each remaining fold would need (all alike: for a given sum, equal values spread least, so if they cannot
@@ -59,6 +66,10 @@ def parse_args(argv=None):
                                                          "runs/cv/<teacher>/fold{fold}/best).")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="train.py --seed of every fold.")
+    parser.add_argument("--split_seed", type=int, default=0,
+                        help="train.py --cross_validation_split_seed of every fold: another partition into folds "
+                             "(repeated cross-validation: run each setting under several, each under its own name, "
+                             "and pool them with --compare / --progress, which pair only like partitions).")
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "medmnist"))
     parser.add_argument("--runs_dir", default=str(ROOT / "runs" / "cv"))
     parser.add_argument("--launch", default=f"{shlex.quote(sys.executable)} -m accelerate.commands.launch "
@@ -91,8 +102,8 @@ def fold_command(args, fold: int) -> list[str]:
     train_args = args.train_args.replace("{fold}", str(fold))  # e.g. each fold's own teacher
     return [*shlex.split(args.launch), str(ROOT / "train.py"), *shlex.split(train_args),
             "--data_dir", args.data_dir, "--seed", str(args.seed), "--cross_validation_folds", str(args.folds),
-            "--cross_validation_fold", str(fold), "--output_dir", str(fold_dir(args, fold)), "--report_to", "none",
-            "--checkpoints_total_limit", "1"]
+            "--cross_validation_fold", str(fold), "--cross_validation_split_seed", str(args.split_seed),
+            "--output_dir", str(fold_dir(args, fold)), "--report_to", "none", "--checkpoints_total_limit", "1"]
 
 
 def run_folds(args) -> list[str]:
@@ -104,7 +115,8 @@ def run_folds(args) -> list[str]:
 
 
 def setting_record(args) -> dict:
-    """The setting's fold entries and their mean ± std; refuses folds of another K, fold or test-evaluated runs."""
+    """The setting's fold entries and their mean ± std; refuses folds of another K, fold, partition or test-evaluated
+    runs."""
     folds = []
     for fold in range(args.folds):
         entry = search_entry(f"{args.name}/fold{fold}", fold_dir(args, fold))
@@ -112,6 +124,9 @@ def setting_record(args) -> dict:
         if (config.get("cross_validation_folds"), config.get("cross_validation_fold")) != (args.folds, fold):
             raise ValueError(f"{fold_dir(args, fold)} is not fold {fold} of {args.folds} (its config says "
                              f"{config.get('cross_validation_fold')} of {config.get('cross_validation_folds')}).")
+        if split_seed_of([entry]) != args.split_seed:
+            raise ValueError(f"{fold_dir(args, fold)} was cut with --split_seed {split_seed_of([entry])}, not "
+                             f"{args.split_seed}: another partition into folds; give the setting another name.")
         folds.append(entry)
     summary = {key: {"mean": statistics.fmean(f[key] for f in folds), "std": statistics.stdev(f[key] for f in folds)}
                for key in FIGURES}
@@ -123,9 +138,29 @@ def paired_difference(setting: dict, reference: dict, key: str = "validation_auc
     """Mean ± std over folds of (setting − reference) fold by fold, and the mean's 95% t-interval: both saw the same
     folds, so the folds' own difficulty (0.74 to 0.79 AUC on BreastMNIST) cancels out. None when the fold counts
     differ."""
-    if setting["folds"] != reference["folds"]:
+    if setting["folds"] != reference["folds"] or split_seed_of(setting["fold_runs"]) != split_seed_of(
+            reference["fold_runs"]):
         return None
     return mean_and_interval([run[key] - ref[key] for run, ref in zip(setting["fold_runs"], reference["fold_runs"])])
+
+
+def split_seed_of(fold_runs: list[dict | None]) -> int:
+    """The partition into folds (train.py --cross_validation_split_seed) a setting's fold runs were cut with; runs from
+    before that option existed used 0, as do entries that do not record it."""
+    seeds = {run.get("resolved", {}).get("cross_validation_split_seed", 0) for run in fold_runs if run is not None}
+    if len(seeds) > 1:
+        raise ValueError(f"{fold_runs[0]['name'].split('/')[0]}: its folds come from different partitions "
+                         f"(split seeds {sorted(seeds)}).")
+    return seeds.pop() if seeds else 0
+
+
+def check_like_partitions(fold_runs: dict[str, list[dict | None]], names: list[str], reference_names: list[str],
+                          option: str) -> None:
+    """Pooling pairs fold i of one group with fold i of the other: both groups must hold the same partitions."""
+    seeds, reference_seeds = ([split_seed_of(fold_runs[name]) for name in group] for group in (names, reference_names))
+    if sorted(seeds) != sorted(reference_seeds):
+        raise ValueError(f"{option}: the groups were cut into folds differently (split seeds {sorted(seeds)} against "
+                         f"{sorted(reference_seeds)}); give each setting a reference run with the same --split_seed.")
 
 
 def mean_and_interval(differences: list[float]) -> dict:
@@ -154,6 +189,7 @@ def pooled_difference(log: dict, names: list[str], reference_names: list[str]) -
         raise ValueError(f"--compare: the settings have different fold counts ({sorted(fold_counts)}); pool only "
                          "settings of the same K folds.")
     fold_runs = {name: settings[name]["fold_runs"] for name in names + reference_names}
+    check_like_partitions(fold_runs, names, reference_names, "--compare")
     folds = list(range(fold_counts.pop()))
     return {key: mean_and_interval(group_differences(fold_runs, names, reference_names, folds, key))
             for key in ("validation_auc_last20_mean", "validation_acc_last20_mean")}
@@ -207,6 +243,7 @@ def fold_entries(log: dict, args, name: str) -> list[dict | None]:
 def progress_lines(log: dict, args, names: list[str], reference_names: list[str]) -> list[str]:
     """The pooled paired difference over the folds every setting has finished, and whether the rule can still pass."""
     entries = {name: fold_entries(log, args, name) for name in names + reference_names}
+    check_like_partitions(entries, names, reference_names, "--progress")
     done = [fold for fold in range(args.folds) if all(entries[name][fold] is not None for name in entries)]
     lines = [f"progress: mean of {' + '.join(names)} − mean of {' + '.join(reference_names)}, folds finished by "
              f"all: {len(done)} of {args.folds} ({', '.join(f'fold{fold}' for fold in done) or 'none yet'})"]

@@ -35,7 +35,9 @@ def held_out_fold(run_dir: Path, accelerator: Accelerator, data_dir: str | None 
                  "this check must not read the official validation or test split.")
     dataset = data.load_medmnist(config["dataset"], size=config["image_size"], data_dir=data_dir or config["data_dir"],
                                  verify_checksum=not config.get("no_verify_checksum", False))
-    dataset = data.cross_validation_split(dataset, config["cross_validation_folds"], config["cross_validation_fold"])
+    # the run's own partition into folds (runs from before --cross_validation_split_seed existed used 0)
+    dataset = data.cross_validation_split(dataset, config["cross_validation_folds"], config["cross_validation_fold"],
+                                          split_seed=config.get("cross_validation_split_seed") or 0)
     return data.DeviceSplit.from_dataset(dataset["validation"], accelerator.device), data.medmnist_info(dataset)
 
 

@@ -30,7 +30,8 @@ from models.checkpoint_fit import load_for_inference  # noqa: E402
 
 def split_of(fold_dir: Path) -> tuple:
     config = json.loads((fold_dir / "run_config.json").read_text())
-    return config["dataset"], config.get("cross_validation_folds"), config.get("cross_validation_fold")
+    return (config["dataset"], config.get("cross_validation_folds"), config.get("cross_validation_fold"),
+            config.get("cross_validation_split_seed") or 0)
 
 
 def main(argv=None):
@@ -47,7 +48,7 @@ def main(argv=None):
             if not (setting / fold / args.checkpoint).is_dir():
                 sys.exit(f"{setting / fold / args.checkpoint} is missing: every setting needs the folds {folds}.")
             if split_of(setting / fold) != split_of(args.settings[0] / fold):
-                sys.exit(f"{setting / fold} is {split_of(setting / fold)} (data set, folds, fold), but "
+                sys.exit(f"{setting / fold} is {split_of(setting / fold)} (data set, folds, fold, split seed), but "
                          f"{args.settings[0] / fold} is {split_of(args.settings[0] / fold)}: an ensemble needs models "
                          "of the same fold, each of which never saw its held-out images.")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

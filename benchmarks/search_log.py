@@ -23,13 +23,13 @@ from pathlib import Path
 RESOLVED_KEYS = ("augmentation", "config_overrides", "per_device_train_batch_size", "learning_rate", "weight_decay",
                  "label_smoothing", "num_epochs", "optimizer", "recipe", "sam_rho", "ema_decay", "translate",
                  "distillation_type", "distillation_alpha", "distillation_temperature", "relative_localization_weight",
-                 "relative_localization_pairs", "repeated_augmentation", "cross_validation_folds", "selection_metric",
-                 "mae_epochs", "seed")
+                 "relative_localization_pairs", "repeated_augmentation", "cross_validation_folds",
+                 "cross_validation_split_seed", "selection_metric", "mae_epochs", "seed")
 # What runs made before an option existed had instead (the option's default).
 ABSENT_MEANS = {"sam_rho": 0.0, "ema_decay": 0.0, "translate": None, "distillation_type": "hard",
                 "distillation_alpha": 0.5, "distillation_temperature": 1.0, "relative_localization_weight": 0.0,
                 "relative_localization_pairs": 32, "repeated_augmentation": 1, "cross_validation_folds": 0,
-                "selection_metric": "auc", "mae_epochs": 0}
+                "cross_validation_split_seed": 0, "selection_metric": "auc", "mae_epochs": 0}
 
 
 def search_entry(name: str, run_dir: Path, last: int = 20, discard_test: bool = False) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from synthetic import write_synthetic_npz
 
 import data
@@ -83,6 +84,12 @@ def test_train_py_refuses_half_a_fold_specification():
         parse_args(["--cross_validation_folds", "5", "--cross_validation_fold", "5"])
     args = parse_args(["--cross_validation_folds", "5", "--cross_validation_fold", "4"])
     assert args.skip_test  # a fold run never evaluates the test split
+    assert args.cross_validation_split_seed == 0  # the partition every run before the option used
+    with pytest.raises(SystemExit):  # a partition seed without folds to cut
+        parse_args(["--cross_validation_split_seed", "1"])
+    with pytest.raises(SystemExit):
+        parse_args(["--cross_validation_folds", "5", "--cross_validation_fold", "4", "--cross_validation_split_seed",
+                    "-1"])
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +107,20 @@ def cross_validation(tmp_path_factory):
         assert cross_validate.main([str(log), "smoothed", "--train_args", TRAIN_ARGS + " --label_smoothing 0.2",
                                     *common]) == 0
     return root, log, common
+
+
+@pytest.fixture(scope="module")
+def other_partition(cross_validation):
+    """`plain` again, cut into folds with --split_seed 1: the same recipe and seed on another partition."""
+    root, log, common = cross_validation
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            patch.setenv(key, "1")
+        patch.setenv("HF_DATASETS_CACHE", str(root / "cache"))
+        split_log = root / "results" / "cv-split1.json"
+        assert cross_validate.main([str(split_log), "plain-split1", "--train_args", TRAIN_ARGS, "--split_seed", "1",
+                                    "--jobs", "2", *common]) == 0
+    return root / "runs" / "plain-split1", json.loads(split_log.read_text())["settings"][0]
 
 
 def test_script_records_each_fold_and_the_mean_over_folds(cross_validation):
@@ -237,7 +258,7 @@ def test_fold_ensemble_scores_each_model_and_their_mean_logits_on_its_own_held_o
         fold_ensemble.main([str(plain), str(other)])
 
 
-def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_validation, tmp_path):
+def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_validation, other_partition, tmp_path):
     import subprocess
 
     root, _, common = cross_validation
@@ -248,13 +269,17 @@ def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_v
         result = json.loads((root / "runs" / "distilled" / f"fold{fold}" / "all_results.json").read_text())
         assert result["teacher"] == str(teachers / f"fold{fold}" / "best")
 
-    # Fold 1's teacher for fold 0, or a teacher with no record of its split, even beside fold 0's own teacher (each
-    # member of an ensemble is checked): refused before anything is written.
+    # Fold 1's teacher for fold 0, fold 0's teacher of another partition, or a teacher with no record of its split,
+    # even beside fold 0's own teacher (each member of an ensemble is checked): refused before anything is written.
     shutil.copytree(teachers / "fold0" / "best", tmp_path / "unknown" / "best")
-    for teacher, message in ((teachers / "fold1" / "best", "--cross_validation_fold 1, not --dataset breastmnist "
-                                                            "--cross_validation_folds 2 --cross_validation_fold 0"),
-                             (tmp_path / "unknown" / "best", "there is no run_config.json beside it")):
-        output_dir = tmp_path / f"refused-{teacher.parent.name}"
+    wanted = "not --dataset breastmnist --cross_validation_folds 2 --cross_validation_fold 0 " \
+             "--cross_validation_split_seed 0"
+    refusals = ((teachers / "fold1" / "best", f"--cross_validation_fold 1 --cross_validation_split_seed 0, {wanted}"),
+                (other_partition[0] / "fold0" / "best",
+                 f"--cross_validation_fold 0 --cross_validation_split_seed 1, {wanted}"),
+                (tmp_path / "unknown" / "best", "there is no run_config.json beside it"))
+    for teacher, message in refusals:
+        output_dir = tmp_path / f"refused-{teacher.parent.parent.name}-{teacher.parent.name}"
         command = [sys.executable, "train.py", *TRAIN_ARGS.split(), "--data_dir", str(root / "data"),
                    "--cross_validation_folds", "2", "--cross_validation_fold", "0", "--output_dir", str(output_dir),
                    "--teacher_model_name_or_path", str(teachers / "fold0" / "best"), str(teacher)]
@@ -262,6 +287,59 @@ def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_v
         assert result.returncode == 2, result.stderr[-2000:]
         assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
         assert not output_dir.exists()
+
+
+def test_repeated_cross_validation_pairs_only_folds_of_the_same_partition(cross_validation, other_partition, tmp_path,
+                                                                          capsys):
+    root, log_path, common = cross_validation
+    split_runs, split1 = other_partition
+    for fold in range(2):
+        config = json.loads((split_runs / f"fold{fold}" / "all_results.json").read_text())["config"]
+        assert (config["cross_validation_fold"], config["cross_validation_split_seed"]) == (fold, 1)
+    assert cross_validate.split_seed_of(split1["fold_runs"]) == 1
+    settings = {s["name"]: s for s in json.loads(log_path.read_text())["settings"]}
+    plain, smoothed = settings["plain"], settings["smoothed"]
+    # The same recipe and seed on other held-out images: other validation losses.
+    losses = {name: [[epoch["metrics"]["loss"] for epoch in json.loads(
+        (root / "runs" / name / f"fold{fold}" / "all_results.json").read_text())["validation_history"]]
+        for fold in range(2)] for name in ("plain", "plain-split1")}
+    assert losses["plain"] != losses["plain-split1"]
+    # Fold i of one partition is not fold i of another: no paired difference, in the table or pooled.
+    assert cross_validate.paired_difference(split1, plain) is None
+    log = {"what": "test", "settings": [plain, smoothed, split1]}
+    with pytest.raises(ValueError, match=r"cut into folds differently \(split seeds \[1\] against \[0\]\)"):
+        cross_validate.pooled_difference(log, ["plain-split1"], ["plain"])
+    # Like partitions on both sides pool fold by fold: (smoothed + split1) / 2 − (plain + split1) / 2.
+    pooled = cross_validate.pooled_difference(log, ["smoothed", "plain-split1"], ["plain", "plain-split1"])
+    key = "validation_auc_last20_mean"
+    halves = [(s[key] - p[key]) / 2 for s, p in zip(smoothed["fold_runs"], plain["fold_runs"])]
+    assert pooled[key]["per_fold"] == pytest.approx(halves)
+    # --progress pairs like partitions too, and collecting the runs as partition 0 is refused.
+    progress = ["--folds", "2", "--runs_dir", str(root / "runs")]
+    assert cross_validate.main([str(log_path), "--progress", "plain-split1", "plain", *progress]) == 2
+    assert "cut into folds differently" in capsys.readouterr().err
+    assert cross_validate.main([str(tmp_path / "log.json"), "plain-split1", "--collect_only", *common]) == 2
+    assert "was cut with --split_seed 1, not 0" in capsys.readouterr().err
+
+
+def test_checks_on_saved_fold_models_rebuild_the_runs_own_partition(cross_validation, other_partition):
+    import fold_ensemble
+    from accelerate import Accelerator
+    from flip_averaging import held_out_fold
+
+    root, _, _ = cross_validation
+    split_runs, _ = other_partition
+    dataset = data.load_medmnist("breastmnist", data_dir=root / "data", verify_checksum=False,
+                                 cache_dir=root / "cache")
+    accelerator = Accelerator(cpu=True)
+    for run, split_seed in ((root / "runs" / "plain" / "fold0", 0), (split_runs / "fold0", 1)):
+        rebuilt, _ = held_out_fold(run, accelerator)
+        for seed in (0, 1):  # its own partition's held-out images, not the other's
+            expected = data.DeviceSplit.from_dataset(data.cross_validation_split(dataset, 2, 0, seed)["validation"])
+            assert torch.equal(rebuilt.images, expected.images) == (seed == split_seed)
+    # An ensemble of fold models needs one partition: each model of another has seen the held-out images.
+    with pytest.raises(SystemExit, match="an ensemble needs models of the same fold"):
+        fold_ensemble.main([str(root / "runs" / "plain"), str(split_runs)])
 
 
 def fake_setting(name: str, aucs: list[float], accs: list[float]) -> dict:

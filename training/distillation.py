@@ -87,13 +87,16 @@ def teacher_record(names_or_paths: list[str] | None) -> str | list[str] | None:
     return names_or_paths[0] if len(names_or_paths) == 1 else list(names_or_paths)
 
 
-def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds: int, fold: int) -> None:
+def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds: int, fold: int,
+                                         split_seed: int = 0) -> None:
     """A cross-validation fold run may only learn from a teacher trained on the same fold's training part: any other
-    teacher (the official splits, another fold) has seen this fold's held-out images, and its predictions would leak
-    them into the student's validation figures. Checked against the `run_config.json` that train.py writes beside
-    `best` and `last`; a ValueError says what is wrong otherwise."""
+    teacher (the official splits, another fold, another partition into folds) has seen this fold's held-out images,
+    and its predictions would leak them into the student's validation figures. Checked against the `run_config.json`
+    that train.py writes beside `best` and `last` (runs from before `--cross_validation_split_seed` existed used
+    partition 0); a ValueError says what is wrong otherwise."""
     run_config = Path(name_or_path).parent / "run_config.json"
-    wanted = f"--dataset {dataset} --cross_validation_folds {folds} --cross_validation_fold {fold}"
+    wanted = (f"--dataset {dataset} --cross_validation_folds {folds} --cross_validation_fold {fold} "
+              f"--cross_validation_split_seed {split_seed}")
     fix = (f"Use a teacher that train.py trained with {wanted}, e.g. runs/cv/<teacher setting>/fold{fold}/best "
            "(in benchmarks/cross_validate.py --train_args, write fold{fold} and each fold gets its own).")
     if not run_config.is_file():
@@ -101,11 +104,13 @@ def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds:
                          f"run_config.json beside it, so nothing shows that it never saw this fold's held-out "
                          f"images. {fix}")
     config = json.loads(run_config.read_text())
-    found = (config.get("dataset"), config.get("cross_validation_folds") or 0, config.get("cross_validation_fold"))
-    if found != (dataset, folds, fold):
+    found = (config.get("dataset"), config.get("cross_validation_folds") or 0, config.get("cross_validation_fold"),
+             config.get("cross_validation_split_seed") or 0)
+    if found != (dataset, folds, fold, split_seed):
         raise ValueError(f"--teacher_model_name_or_path {name_or_path!r} was trained with --dataset {found[0]} "
-                         f"--cross_validation_folds {found[1]} --cross_validation_fold {found[2]}, not {wanted}: it "
-                         f"has seen this fold's held-out images. {fix}")
+                         f"--cross_validation_folds {found[1]} --cross_validation_fold {found[2]} "
+                         f"--cross_validation_split_seed {found[3]}, not {wanted}: it has seen this fold's held-out "
+                         f"images. {fix}")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float,
