@@ -23,7 +23,7 @@ seed under another name. `--compare A,A_seed1 B,B_seed1` then pools each group: 
 and the paired difference of those fold means (last-20-epoch AUC and ACC) with a 95% t-interval over folds.
 
 Partitions: more seeds narrow the seed noise, not the spread that comes from which images share a fold (per-fold
-differences of 0.013–0.028 AUC on BreastMNIST). `--split_seed S` cuts the same images into other folds (train.py
+differences with sds of 0.013–0.028 AUC on BreastMNIST). `--split_seed S` cuts the same images into other folds (train.py
 `--cross_validation_split_seed`): repeated cross-validation runs a setting and its reference under several split
 seeds, each under its own name, and `--compare A,A_split1 B,B_split1` pools them fold by fold as it pools seeds.
 `--compare` and `--progress` refuse groups whose partitions differ, and a distilled fold run's teacher must come from
@@ -136,8 +136,8 @@ def setting_record(args) -> dict:
 
 def paired_difference(setting: dict, reference: dict, key: str = "validation_auc_last20_mean") -> dict | None:
     """Mean ± std over folds of (setting − reference) fold by fold, and the mean's 95% t-interval: both saw the same
-    folds, so the folds' own difficulty (0.74 to 0.79 AUC on BreastMNIST) cancels out. None when the fold counts
-    differ."""
+    folds, so the folds' own difficulty (0.74 to 0.79 AUC on BreastMNIST) cancels out. None when the fold counts or
+    the partitions differ."""
     if setting["folds"] != reference["folds"] or split_seed_of(setting["fold_runs"]) != split_seed_of(
             reference["fold_runs"]):
         return None
