@@ -30,14 +30,13 @@ def held_out_fold(run_dir: Path, accelerator: Accelerator, data_dir: str | None 
     `data_dir`: the npz folder, if not the one run_config.json names (a relative one there is relative to the folder
     training was started from)."""
     config = json.loads((run_dir / "run_config.json").read_text())
-    if not config.get("cross_validation_folds"):
+    _, folds, fold, split_seed = data.run_split(config)
+    if not folds:
         sys.exit(f"{run_dir} is not a cross-validation fold run (run_config.json has no cross_validation_folds): "
                  "this check must not read the official validation or test split.")
     dataset = data.load_medmnist(config["dataset"], size=config["image_size"], data_dir=data_dir or config["data_dir"],
                                  verify_checksum=not config.get("no_verify_checksum", False))
-    # the run's own partition into folds (runs from before --cross_validation_split_seed existed used 0)
-    dataset = data.cross_validation_split(dataset, config["cross_validation_folds"], config["cross_validation_fold"],
-                                          split_seed=config.get("cross_validation_split_seed") or 0)
+    dataset = data.cross_validation_split(dataset, folds, fold, split_seed=split_seed)  # the run's own partition
     return data.DeviceSplit.from_dataset(dataset["validation"], accelerator.device), data.medmnist_info(dataset)
 
 

@@ -29,9 +29,7 @@ from models.checkpoint_fit import load_for_inference  # noqa: E402
 
 
 def split_of(fold_dir: Path) -> tuple:
-    config = json.loads((fold_dir / "run_config.json").read_text())
-    return (config["dataset"], config.get("cross_validation_folds"), config.get("cross_validation_fold"),
-            config.get("cross_validation_split_seed") or 0)
+    return data.run_split(json.loads((fold_dir / "run_config.json").read_text()))
 
 
 def main(argv=None):

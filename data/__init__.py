@@ -33,7 +33,7 @@ from .augmentation import (
     processor_mean_std,
     targets_from_labels,
 )
-from .cross_validation import cross_validation_split
+from .cross_validation import cross_validation_split, run_split
 from .device_pipeline import (
     DeviceSplit,
     EpochShuffleSampler,
@@ -88,5 +88,6 @@ __all__ = [
     "npz_filename",
     "processor_mean_std",
     "resolve_data_dir",
+    "run_split",
     "targets_from_labels",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from data import run_split
 from models.checkpoint_fit import load_for_inference
 
 DISTILLATION_TYPES = ("hard", "soft")
@@ -92,8 +93,7 @@ def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds:
     """A cross-validation fold run may only learn from a teacher trained on the same fold's training part: any other
     teacher (the official splits, another fold, another partition into folds) has seen this fold's held-out images,
     and its predictions would leak them into the student's validation figures. Checked against the `run_config.json`
-    that train.py writes beside `best` and `last` (runs from before `--cross_validation_split_seed` existed used
-    partition 0); a ValueError says what is wrong otherwise."""
+    that train.py writes beside `best` and `last`; a ValueError says what is wrong otherwise."""
     run_config = Path(name_or_path).parent / "run_config.json"
     wanted = (f"--dataset {dataset} --cross_validation_folds {folds} --cross_validation_fold {fold} "
               f"--cross_validation_split_seed {split_seed}")
@@ -103,9 +103,7 @@ def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds:
         raise ValueError(f"--teacher_model_name_or_path {name_or_path!r} for cross-validation fold {fold}: there is no "
                          f"run_config.json beside it, so nothing shows that it never saw this fold's held-out "
                          f"images. {fix}")
-    config = json.loads(run_config.read_text())
-    found = (config.get("dataset"), config.get("cross_validation_folds") or 0, config.get("cross_validation_fold"),
-             config.get("cross_validation_split_seed") or 0)
+    found = run_split(json.loads(run_config.read_text()))
     if found != (dataset, folds, fold, split_seed):
         raise ValueError(f"--teacher_model_name_or_path {name_or_path!r} was trained with --dataset {found[0]} "
                          f"--cross_validation_folds {found[1]} --cross_validation_fold {found[2]} "
