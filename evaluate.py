@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--dataset", required=True, help="MedMNIST 2D flag, e.g. breastmnist, bloodmnist.")
     add("--split", default="test", choices=[*SPLITS, *SPLIT_ALIASES], help="Split to evaluate (default: test).")
     add("--data_dir", default=None, help="Folder with the MedMNIST npz files (default: $MEDMNIST_DATA_DIR, then "
-                                         "medmnist's root, ~/.medmnist).")
+                                         "medmnist's root, ~/.medmnist). A file missing there comes from the bundled "
+                                         "copy (breastmnist, 28 px) or is downloaded.")
     add("--image_size", type=int, default=28, choices=data.SIZES,
         help="Size of the MedMNIST file to read (default 28); the checkpoint's processor resizes to the model input.")
     add("--output_dir", default=None, help="Default: <checkpoint>-eval-<split> (beside it) for a local checkpoint, else "

@@ -95,7 +95,8 @@ def parse_args(argv=None):
     add("--model", choices=models.MODEL_NAMES, default="vit_lsa", help="Model family.")
     add("--dataset", default="breastmnist", help="MedMNIST 2D flag, e.g. breastmnist, bloodmnist.")
     add("--data_dir", default=None, help="Folder with the official npz files (default: $MEDMNIST_DATA_DIR, then "
-                                           "medmnist's own root).")
+                                           "medmnist's own root). A file missing there comes from the bundled copy "
+                                           "(breastmnist, 28 px) or is downloaded.")
     add("--image_size", type=int, default=28, help="Size of the MedMNIST files to read (28, 64, 128, 224). The model's "
                                                     "input size is its config's image_size.")
     add("--no_verify_checksum", action="store_true", help="Skip the MD5 check of the data file (logged loudly).")

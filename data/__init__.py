@@ -20,7 +20,8 @@
 For recipe searches, `cross_validation_split(dataset, num_folds=5, fold=0)` rotates a held-out fold through
 train + validation (`data.cross_validation`).
 
-Files are read from `data_dir`, else `$MEDMNIST_DATA_DIR`, else `~/.medmnist`; the Arrow conversion is cached in
+Files are read from `data_dir`, else `$MEDMNIST_DATA_DIR`, else `~/.medmnist`; a file missing there comes from the
+project's bundled copy (`data/bundled/breastmnist.npz`, the 28 px BreastMNIST) before any download; the Arrow conversion is cached in
 `$HF_DATASETS_CACHE/medmnist` (see `data.loading`).
 """
 
@@ -45,9 +46,11 @@ from .device_pipeline import (
 from .info import MedMNISTInfo, medmnist_info
 from .loading import CACHE_FORMAT_VERSION, default_cache_dir, load_medmnist
 from .medmnist_files import (
+    BUNDLED_DIR,
     DATA_DIR_ENV,
     SIZES,
     MedMNISTDataError,
+    bundled_npz,
     expected_md5,
     file_md5,
     file_url,
@@ -60,6 +63,7 @@ from .medmnist_files import (
 
 __all__ = [
     "AUGMENTATION_PRESETS",
+    "BUNDLED_DIR",
     "CACHE_FORMAT_VERSION",
     "DATA_DIR_ENV",
     "FILL_MODES",
@@ -72,6 +76,7 @@ __all__ = [
     "IndexLoader",
     "MedMNISTDataError",
     "MedMNISTInfo",
+    "bundled_npz",
     "channel_mean_std",
     "cross_validation_split",
     "default_cache_dir",

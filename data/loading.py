@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from .info import MedMNISTInfo, set_file_record
-from .medmnist_files import MedMNISTDataError, check_flag_and_size, locate_npz, verify_npz_checksum
+from .medmnist_files import MedMNISTDataError, check_flag_and_size, locate_npz, repair_hint, verify_npz_checksum
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def load_medmnist(
     Args:
         flag: a 2D medmnist flag (`bloodmnist`, `breastmnist`, ...).
         size: 28, 64, 128 or 224.
-        data_dir: folder holding the npz files; default `$MEDMNIST_DATA_DIR`, then `~/.medmnist`.
+        data_dir: folder holding the npz files; default `$MEDMNIST_DATA_DIR`, then `~/.medmnist`. A file missing
+            there comes from the project's bundled copy where there is one (`data/bundled/breastmnist.npz`),
+            otherwise it is downloaded.
         verify_checksum: refuse a file whose MD5 differs from `medmnist.INFO` (set False for synthetic files; the
             skipped check is logged as a warning).
         cache_dir: where the Arrow conversion is cached (default `$HF_DATASETS_CACHE/medmnist`).
@@ -69,6 +71,7 @@ def load_medmnist(
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     md5 = verify_npz_checksum(path, flag, size, verify_checksum, memo_dir=cache_root)
     info = MedMNISTInfo.from_flag(flag, size, file_path=path.resolve(), md5=md5)
+    logger.info("Data: %s (MD5 %s%s)", path, md5, ", as medmnist.INFO records" if md5 == info.expected_md5 else "")
 
     target = cache_root / f"{path.stem}-{md5}-{CACHE_FORMAT_VERSION}"
     if not (target / "dataset_dict.json").is_file():
@@ -144,7 +147,7 @@ def read_npz(path: Path, info: MedMNISTInfo) -> dict[str, tuple[np.ndarray, np.n
     except Exception as error:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, ValueError, OSError, ...
         raise MedMNISTDataError(
             f"{path} is truncated or corrupt and cannot be read as an npz file ({type(error).__name__}: {error}). "
-            f"Delete it and download it again from {info.url}."
+            + repair_hint(path, info.flag, info.size) + "."
         ) from error
     return {split: _check_arrays(path, split, images, labels, info) for split, (images, labels) in arrays.items()}
 

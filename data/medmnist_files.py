@@ -6,6 +6,10 @@ Where a file is looked for, first match wins:
 2. the directory in the environment variable `MEDMNIST_DATA_DIR`;
 3. `medmnist`'s own default root (`~/.medmnist`).
 
+Only the first of these that is set is searched. If the file is not there, the copy bundled with the project
+(`data/bundled/`: the official 28 px `breastmnist.npz`) is used when there is one, and only then is the file
+downloaded into that folder. Every file, the bundled one included, is checked against the MD5 in `medmnist.INFO`.
+
 Files keep the names `medmnist` gives them: `bloodmnist.npz` for 28 px, `bloodmnist_64.npz` etc. for larger sizes.
 Every error here is a `MedMNISTDataError` (a `ValueError`) whose message says what is wrong and what to do.
 """
@@ -27,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "MEDMNIST_DATA_DIR"
 SIZES = (28, 64, 128, 224)
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"  # official files that travel with the project
 DOWNLOAD_TIMEOUT_S = 60  # medmnist/torchvision open URLs without a timeout; do not hang forever on a dead network
 
 
@@ -84,6 +89,17 @@ def file_url(flag: str, size: int = 28) -> str:
     return INFO[flag][f"url{_suffix(size)}"]
 
 
+def bundled_npz(flag: str, size: int = 28) -> Path | None:
+    """The copy of this file bundled with the project (`data/bundled/`), or None if none is bundled."""
+    path = BUNDLED_DIR / npz_filename(flag, size)
+    return path if path.is_file() else None
+
+
+def is_bundled(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file of the project's own bundled folder (for error messages that say how to restore it)."""
+    return Path(path).resolve().parent == BUNDLED_DIR
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
     """The directory to read npz files from and where that choice came from (for error messages)."""
     if data_dir is not None:
@@ -99,9 +115,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> tuple[Path, s
 def locate_npz(
     flag: str, size: int = 28, data_dir: str | os.PathLike | None = None, download: bool = True
 ) -> Path:
-    """Path of the official npz file for (flag, size), downloading it through `medmnist` if it is missing.
+    """Path of the official npz file for (flag, size): from the data folder, else the bundled copy, else downloaded.
 
-    Raises `MedMNISTDataError` saying where it looked, which file and URL it needs and how to place it when the file
+    The folder is `data_dir`, else `$MEDMNIST_DATA_DIR`, else medmnist's root; a missing file is downloaded into it
+    through `medmnist` unless the project bundles that file (`bundled_npz`). Raises `MedMNISTDataError` saying where it looked, which file and URL it needs and how to place it when the file
     is absent and cannot be downloaded (or `download=False`).
     """
     flag, size = check_flag_and_size(flag, size)
@@ -111,6 +128,11 @@ def locate_npz(
         return path
     if path.exists():
         raise MedMNISTDataError(f"{path} exists but is not a regular file; expected the npz file {path.name} there.")
+    bundled = bundled_npz(flag, size)
+    if bundled is not None:
+        logger.info("%s is not in %s (from %s): using the copy bundled with the project, %s",
+                    path.name, directory, origin, bundled)
+        return bundled
 
     reason = "downloading is disabled (download=False)"
     if download:
@@ -228,7 +250,16 @@ def verify_npz_checksum(
         return actual
     raise MedMNISTDataError(
         f"MD5 mismatch for {path}: expected {expected} (medmnist.INFO[{flag!r}]), got {actual} "
-        f"({path.stat().st_size} bytes). The file is truncated, corrupt or not the official release. Delete it and "
-        f"download it again from {file_url(flag, size)}, or pass verify_checksum=False to use it anyway."
+        f"({path.stat().st_size} bytes). The file is truncated, corrupt or not the official release. "
+        + repair_hint(path, flag, size) + ", or pass verify_checksum=False to use it anyway."
     )
+
+
+def repair_hint(path: str | os.PathLike, flag: str, size: int = 28) -> str:
+    """How to replace a damaged file: restore the bundled copy from the project, or download the file again."""
+    if is_bundled(path):
+        return (f"It is the copy bundled with the project: restore it (`git checkout -- data/bundled/{Path(path).name}` "
+                f"in the project's folder, or a fresh copy of the project), or pass data_dir=... / --data_dir to a "
+                f"folder that holds an intact {Path(path).name}")
+    return f"Delete it and download it again from {file_url(flag, size)}"
 

@@ -242,15 +242,15 @@ def test_missing_file_download_failure(tmp_path, monkeypatch):
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
-        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/breastmnist.npz"
-    monkeypatch.setitem(medmnist.INFO["breastmnist"], "url", dead_url)
+        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/pneumoniamnist.npz"
+    monkeypatch.setitem(medmnist.INFO["pneumoniamnist"], "url", dead_url)  # not bundled: a download is tried
     (tmp_path / "root").mkdir()
     with pytest.raises(MedMNISTDataError, match="the download failed") as error:
-        load_medmnist("breastmnist", data_dir=tmp_path / "root", cache_dir=tmp_path / "cache")
-    assert dead_url in str(error.value) and "breastmnist.npz" in str(error.value)
+        load_medmnist("pneumoniamnist", data_dir=tmp_path / "root", cache_dir=tmp_path / "cache")
+    assert dead_url in str(error.value) and "pneumoniamnist.npz" in str(error.value)
     assert list((tmp_path / "root").iterdir()) == []  # no partial file, no staging folder left behind
     with pytest.raises(MedMNISTDataError, match="the download failed"):
-        load_medmnist("breastmnist", data_dir=tmp_path / "typo" / "root", cache_dir=tmp_path / "cache")
+        load_medmnist("pneumoniamnist", data_dir=tmp_path / "typo" / "root", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "typo").exists()  # the folders made for the download are removed again
 
 
