@@ -32,6 +32,7 @@ On a CPU without AMX / AVX-512 BF16, bf16 is emulated and far slower than fp32 f
 from __future__ import annotations
 
 import argparse
+import functools
 import copy
 import json
 import os
@@ -52,14 +53,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import data  # noqa: E402
 import models  # noqa: E402
-import train  # noqa: E402
+from training.methods import MethodList  # noqa: E402
+from training.optimization import build_optimizer, build_scheduler, training_loss  # noqa: E402
+from training.trainer import make_batch, training_step  # noqa: E402
 from data_pipeline import SHARED_DATA_DIR, PerSampleDataset, per_sample_transform  # noqa: E402
 from training.performance import restore_cpu_allocator, tune_cpu_allocator  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 MODELS = ("vit_lsa", "vit")
-# The seed's optimiser settings (training.recipes, recipe "seed"); the exact values do not change the cost.
+# The seed's optimiser settings (recipes/seed.yaml); the exact values do not change the cost.
 OPTIMIZER_ARGS = SimpleNamespace(optimizer="adamw", learning_rate=1e-3, weight_decay=1e-4, momentum=0.9)
 
 
@@ -145,7 +148,6 @@ def make_accelerator(dtype: str, device: torch.device):
 def ours(name: str, accelerator, split, mean, std, args):
     """(model, step iterator): train.py's training step, one full step per `next()`, yielding the batch size."""
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     set_seed(args.seed)
     model = models.build_model(name, split.num_channels, split.num_labels)
@@ -155,29 +157,22 @@ def ours(name: str, accelerator, split, mean, std, args):
     transform = data.BatchTransform(data.AugmentationConfig.seed(), model.config.image_size, mean, std)
     transform = transform.to(accelerator.device)
     loader = data.index_loader(len(split), args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
-    optimizer = train.build_optimizer(OPTIMIZER_ARGS, model)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=10, num_training_steps=10**6)
+    optimizer = build_optimizer(OPTIMIZER_ARGS, model)
+    scheduler = build_scheduler("cosine", optimizer, 10, 10**6)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     model.train()
+    augmentation = data.AugmentationConfig.seed()
+    task_loss = functools.partial(training_loss, multilabel=split.is_multilabel, label_smoothing=0.0)
 
-    def steps():
-        running_loss = torch.zeros((), device=accelerator.device)
+    def steps():  # train.py's own step function, with no training method switched on
         epoch = 0
         while True:
             loader.set_epoch(epoch)
             for indices in loader:
-                with accelerator.accumulate(model):
-                    images, labels = split.batch(indices)
-                    pixel_values = transform(images, train=True)
-                    logits = model(pixel_values=pixel_values).logits
-                    loss = train.training_loss(logits, labels, split.is_multilabel, 0.0)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                running_loss += loss.detach()
+                batch = make_batch(split, indices, transform, augmentation, split.num_labels)
+                training_step(model, batch, accelerator=accelerator, optimizer=optimizer, scheduler=scheduler,
+                              methods=MethodList([]), task_loss=task_loss, clipped_parameters=list(model.parameters()),
+                              max_grad_norm=1.0)
                 yield len(indices)
             epoch += 1
 

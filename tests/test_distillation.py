@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import data
 import models
 from tiny_runs import train_tiny_vit
-from training.distillation import Teacher, TeacherEnsemble, distillation_loss
+from training.methods.distillation import Teacher, TeacherEnsemble, distillation_loss
 from training.hub import model_card
 
 

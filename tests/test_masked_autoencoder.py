@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import models
 from tiny_runs import TINY_VIT, train_tiny_vit
 from models.modeling_vit import patchify
-from training.masked_autoencoder import MaskedAutoencoder, unpatchify
+from training.methods.masked_autoencoder import MaskedAutoencoder, unpatchify
 
 
 def tiny_vit(model="vit_lsa", pooling="mean", **overrides):
@@ -131,7 +131,7 @@ def test_train_py_pretrains_then_trains_and_saves_the_plain_classifier(mae_run, 
     assert any(not torch.equal(saved[k], plain_saved[k]) for k in saved)
     results = json.loads((mae_run / "all_results.json").read_text())
     assert len(results["mae_losses"]) == 3 and all(0 < loss < 10 for loss in results["mae_losses"])
-    assert json.loads((plain / "all_results.json").read_text())["mae_losses"] == []
+    assert "mae_losses" not in json.loads((plain / "all_results.json").read_text())  # off: no pre-training record
     assert json.loads((mae_run / "run_config.json").read_text())["mae_epochs"] == 3
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -1,11 +1,11 @@
-"""Sharpness-aware minimisation (training/sam.py, --sam_rho) and the weights' moving average (--ema_decay)."""
+"""Sharpness-aware minimisation (training/methods/sam.py, --sam_rho) and the weights' moving average (--ema_decay)."""
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tiny_runs import checkpoints_in_order, copy_stopped_after_first_epoch, train_tiny_vit
-from training import sam
+from training.methods import sam
 
 
 def test_ascend_steps_rho_along_the_global_gradient_and_descend_restores_exactly():
@@ -53,7 +53,8 @@ def ema_run(data_dir, tmp_path_factory):
 def test_the_saved_model_is_the_moving_average_not_the_raw_weights(ema_run):
     last_checkpoint = checkpoints_in_order(ema_run)[-1]
     raw = load_file(last_checkpoint / "model.safetensors")
-    averaged = torch.load(last_checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
+    averaged = load_file(last_checkpoint / "method_ema.safetensors")  # a tensor file, never a pickle
+    assert not list(last_checkpoint.glob("custom_checkpoint_*"))
     saved = load_file(ema_run / "last" / "model.safetensors")
     assert averaged["n_averaged"].item() == 9  # 3 epochs × 3 updates
     assert all(torch.equal(saved[k], averaged[f"module.{k}"]) for k in saved)

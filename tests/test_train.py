@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import data
 import models
 from metric_comparison import assert_same
+from training.arguments import augmentation_config, parse_config_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hf_secretTOKEN0123456789"
@@ -244,8 +246,6 @@ def train_in_process(argv, capsys) -> tuple[int, str]:
         (["--model", "cnn", "--translate", "1.5"], "translate must be in [0, 1], got 1.5"),
         (["--model", "cnn", "--zoom", "1"], "zoom must be in [0, 1), got 1.0"),
         (["--model", "cnn", "--rotation_degrees", "-5"], "rotation_degrees must be >= 0, got -5.0"),
-        (["--model", "cnn", "--layer_decay", "0.75"], "use it with a ViT"),
-        (["--model", "vit", "--layer_decay", "0"], "--layer_decay must lie in (0, 1]"),
     ],
 )
 def test_bad_arguments_fail_before_writing_anything(data_dir, tmp_path, capsys, args, message):
@@ -318,11 +318,11 @@ def test_config_overrides_are_typed_and_take_python_or_json_booleans():
 
     text = "use_convolutional_tokenizer=True,use_shifted_patch_tokenization=false,head_hidden_sizes=[256, 128]," \
            "drop_path_rate=0.1,pooling=mean,patch_size=4"
-    assert train.parse_config_overrides(text) == dict(
+    assert parse_config_overrides(text) == dict(
         use_convolutional_tokenizer=True, use_shifted_patch_tokenization=False, head_hidden_sizes=[256, 128],
         drop_path_rate=0.1, pooling="mean", patch_size=4)
     with pytest.raises(ValueError, match="'pooling' is not key=value"):
-        train.parse_config_overrides("patch_size=4,pooling")
+        parse_config_overrides("patch_size=4,pooling")
 
 
 def test_vertical_flip_is_off_unless_asked_and_can_be_turned_off_again():
@@ -331,14 +331,14 @@ def test_vertical_flip_is_off_unless_asked_and_can_be_turned_off_again():
     for dataset in ("breastmnist", "bloodmnist"):
         assert train.parse_args(["--model", "cnn", "--dataset", dataset]).vertical_flip is None  # the preset's: off
     assert train.parse_args(["--model", "vit", "--no-vertical_flip"]).vertical_flip is False
-    augmentation = train.build_augmentation(train.parse_args(
+    augmentation = augmentation_config(train.parse_args(
         ["--model", "vit", "--dataset", "bloodmnist", "--vertical_flip", "--rotation_degrees", "180"]))
     assert (augmentation.vertical_flip, augmentation.horizontal_flip) == (True, True)  # on top of the preset's
     assert (augmentation.rotation_degrees, augmentation.zoom) == (180.0, 0.0)
-    assert not train.build_augmentation(train.parse_args(["--model", "vit"])).vertical_flip
+    assert not augmentation_config(train.parse_args(["--model", "vit"])).vertical_flip
 
 
-def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the_user(monkeypatch):
+def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the_user(tmp_path):
     import train
     from training import recipes
 
@@ -352,14 +352,18 @@ def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the
         assert (breast.selection_metric, blood.selection_metric) == ("last", "auc")  # BreastMNIST keeps the last epoch
         assert train.parse_args(["--model", model, "--dataset", "breastmnist", "--selection_metric", "auc"]
                                 ).selection_metric == "auc"
-    monkeypatch.setitem(recipes.DATASET_CHANGES, ("default", "breastmnist"),
-                        {"vit_lsa": {"augmentation": "shift", "repeated_augmentation": 3}})
-    args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist"])
+    # A recipe file of one's own: the default recipe with another BreastMNIST layer.
+    layered = yaml.safe_load((recipes.RECIPES_DIR / "default.yaml").read_text())
+    layered["datasets"]["breastmnist"] = {"augmentation": "shift", "repeated_augmentation": 3}
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(yaml.safe_dump(layered))
+    args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--recipe", str(recipe)])
     assert (args.augmentation, args.repeated_augmentation) == ("shift", 3)
-    assert train.parse_args(["--model", "vit_lsa", "--dataset", "bloodmnist"]).augmentation == "seed"
-    assert train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--recipe", "seed"]).augmentation == "seed"
-    assert train.parse_args(["--model", "vit", "--dataset", "breastmnist"]).augmentation == "seed"
-    args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--augmentation", "strong"])
+    assert train.parse_args(["--model", "vit_lsa", "--dataset", "bloodmnist", "--recipe", str(recipe)]
+                            ).augmentation == "seed"
+    assert train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist"]).augmentation == "seed"
+    args = train.parse_args(["--model", "vit_lsa", "--dataset", "breastmnist", "--recipe", str(recipe),
+                             "--augmentation", "strong"])
     assert (args.augmentation, args.repeated_augmentation) == ("strong", 3)
     shift = data.AugmentationConfig.preset("shift")
     assert shift == data.AugmentationConfig(translate=0.1) and shift.has_geometry and not shift.mixes
@@ -376,7 +380,7 @@ def test_tensorboard_logging_does_not_change_the_run(short_run, data_dir, tmp_pa
 
 
 def test_bloodmnist_vit_takes_the_geometry_its_validation_split_chose_at_28_px_only():
-    # training.recipes.GEOMETRY_CHANGES: BloodMNIST's vit on a 14×14 grid at 28 px; every other case keeps the
+    # recipes/default.yaml, chosen_geometry: BloodMNIST's vit on a 14×14 grid at 28 px; every other case keeps the
     # native geometry, and the user's own override still wins.
     import train
 

@@ -1,1 +1,2 @@
-"""Pieces of train.py that are not the training loop itself: recipes, checkpoints, the Hub, run records."""
+"""The training library under train.py: arguments and recipes, the training loop (`trainer`), training methods as
+plug-ins (`methods`), optimizer and losses, checkpoints, run records, the Hub and the hardware record."""

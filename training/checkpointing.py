@@ -8,7 +8,7 @@ inside holds what accelerate does not save (epoch, step, best metric so far, the
 Masked-autoencoder pre-training (`train.py --mae_epochs`) is checkpointed the same way after each of its epochs, as
 `checkpoints/mae_epoch_<epoch>` (the autoencoder with its decoder, its optimizer, data order and random states, and
 `mae_scheduler.pt`): `latest` resumes the newest supervised checkpoint, or else the newest pre-training one, so long
-pre-training can span interrupted sessions too.
+pre-training can be interrupted and resumed too.
 """
 
 import json
@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 TRAINER_STATE = "trainer_state.json"
 BEST_WEIGHTS = "best_model.safetensors"
 MAE_SCHEDULER = "mae_scheduler.pt"
+METHOD_STATE_PREFIX = "method_"  # + <method name>.safetensors: a training method's state (training/methods)
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 MAE_CHECKPOINT_PATTERN = re.compile(r"^mae_epoch_(\d+)$")
 
@@ -50,14 +51,23 @@ def is_mae_state(trainer_state: dict) -> bool:
     return trainer_state.get("stage") == "mae"
 
 
+def _tensor_writer(tensors: dict[str, torch.Tensor]):
+    return lambda path: save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path)
+
+
 def save_checkpoint(
-    accelerator, output_dir: str | Path, trainer_state: dict, keep_last: int, best_weights: dict | None
+    accelerator, output_dir: str | Path, trainer_state: dict, keep_last: int, best_weights: dict | None,
+    method_states: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Save the full training state atomically; keep the `keep_last` newest and the best. Call on every process."""
+    """Save the full training state atomically; keep the `keep_last` newest and the best. Call on every process.
+
+    `method_states` ({method name: tensors}) go to `method_<name>.safetensors`, read back by `read_method_states`."""
     final = checkpoint_dir(output_dir) / f"step_{trainer_state['global_step']}"
-    save_atomically(accelerator, final, trainer_state,
-                    {BEST_WEIGHTS: lambda path: save_file({k: v.contiguous() for k, v in best_weights.items()}, path)}
-                    if best_weights is not None else {})
+    files = {f"{METHOD_STATE_PREFIX}{name}.safetensors": _tensor_writer(tensors)
+             for name, tensors in (method_states or {}).items()}
+    if best_weights is not None:
+        files[BEST_WEIGHTS] = _tensor_writer(best_weights)
+    save_atomically(accelerator, final, trainer_state, files)
     if accelerator.is_main_process:
         prune_checkpoints(output_dir, keep_last, trainer_state.get("best_checkpoint"))
     accelerator.wait_for_everyone()
@@ -130,3 +140,9 @@ def read_trainer_state(checkpoint: Path) -> dict:
 def read_best_weights(checkpoint: Path) -> dict[str, torch.Tensor] | None:
     path = checkpoint / BEST_WEIGHTS
     return load_file(path) if path.is_file() else None
+
+
+def read_method_states(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """{method name: tensors} of the training methods' states saved in a checkpoint."""
+    return {path.name[len(METHOD_STATE_PREFIX):-len(".safetensors")]: load_file(path)
+            for path in sorted(Path(checkpoint).glob(f"{METHOD_STATE_PREFIX}*.safetensors"))}

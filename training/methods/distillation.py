@@ -11,14 +11,18 @@ predictions, which is what a ViT trained on a few hundred images lacks. Several 
 seeds) teach as one, through the mean of their logits.
 """
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from data import run_split
 from models.checkpoint_fit import load_for_inference
+
+from .base import Batch, TrainingMethod
 
 DISTILLATION_TYPES = ("hard", "soft")
 
@@ -124,3 +128,65 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         return F.binary_cross_entropy_with_logits(student_logits / t, torch.sigmoid(teacher_logits / t)) * t * t
     return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
                     reduction="batchmean", log_target=True) * t * t
+
+
+@dataclasses.dataclass
+class DistillationArguments:
+    """Knowledge distillation from trained teachers (training/methods/distillation.py)."""
+
+    _argument_group_name = "distillation (learn from a trained teacher's predictions as well as from the labels)"
+    teacher_model_name_or_path: list[str] | None = dataclasses.field(default=None, metadata={"help": (
+        "Distil from this trained model (a runs/<run>/best folder or Hub id, trained on the same data set): the loss "
+        "becomes (1 - alpha) * task loss + alpha * distillation loss. Several: they teach as one, the mean of their "
+        "logits (an ensemble, e.g. CNNs of several seeds).")})
+    distillation_type: Literal["hard", "soft"] = dataclasses.field(default="hard", metadata={"help": (
+        "hard: cross-entropy on the teacher's predicted class (DeiT); soft: KL on softmax(logits / T).")})
+    distillation_alpha: float = dataclasses.field(default=0.5, metadata={"help": "Weight of the distillation loss, "
+                                                                                 "in [0, 1]."})
+    distillation_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T of soft distillation."})
+
+
+class Distillation(TrainingMethod):
+    """The student's loss mixed with its loss against a frozen teacher ensemble's logits on the same batch."""
+
+    name = "distillation"
+    arguments = DistillationArguments
+
+    def __init__(self, teachers: list[str], kind: str, alpha: float, temperature: float):
+        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+            raise ValueError(f"--distillation_alpha must lie in [0, 1] (got {alpha}) and --distillation_temperature "
+                             f"must be positive (got {temperature}).")
+        self.teachers, self.kind, self.alpha, self.temperature = list(teachers), kind, alpha, temperature
+        self.teacher = self.accelerator = self.multilabel = None
+
+    @classmethod
+    def from_arguments(cls, args) -> "Distillation | None":
+        if not args.teacher_model_name_or_path:
+            return None
+        return cls(args.teacher_model_name_or_path, args.distillation_type, args.distillation_alpha,
+                   args.distillation_temperature)
+
+    def check(self, run) -> None:
+        args = run.args
+        if args.cross_validation_folds:
+            for teacher in self.teachers:
+                check_teacher_held_out_the_same_fold(teacher, args.dataset, args.cross_validation_folds,
+                                                     args.cross_validation_fold, args.cross_validation_split_seed)
+        self.teacher = TeacherEnsemble(self.teachers, run.info)  # a teacher that does not fit the data: ValueError
+        self.multilabel = run.info.is_multilabel
+
+    def setup(self, run) -> None:
+        self.accelerator = run.accelerator
+        self.teacher.adapt_inputs(run.mean, run.std, run.accelerator.device)
+
+    def on_batch(self, batch: Batch) -> None:
+        with self.accelerator.autocast():
+            batch.extras["teacher_logits"] = self.teacher(batch.pixel_values)
+
+    def loss(self, loss, outputs, batch: Batch):
+        distilled = distillation_loss(outputs.logits, batch.extras["teacher_logits"], self.kind, self.temperature,
+                                      self.multilabel)
+        return (1 - self.alpha) * loss + self.alpha * distilled
+
+    def record(self) -> dict:
+        return {"teacher": teacher_record(self.teachers)}

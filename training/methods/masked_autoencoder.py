@@ -17,12 +17,24 @@ classifier keeps the encoder's weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
+import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+import data
 from models.modeling_vit import MedViTForImageClassification, MedViTLayer, patchify
+
+from ..checkpointing import MAE_SCHEDULER, read_trainer_state, save_mae_checkpoint
+from ..optimization import build_optimizer, build_scheduler
+from .base import TrainingMethod
+
+logger = logging.getLogger(__name__)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -151,3 +163,132 @@ def unpatchify(patches: torch.Tensor, patch_size: int, shape: torch.Size) -> tor
     p = patch_size
     images = patches.reshape(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4)
     return images.reshape(b, c, h, w)
+
+
+@dataclasses.dataclass
+class MaskedAutoencoderArguments:
+    """Masked-autoencoder pre-training before the supervised stage (training/methods/masked_autoencoder.py)."""
+
+    _argument_group_name = "masked-autoencoder pre-training (ViTs; self-supervised, on the training images)"
+    mae_epochs: int | None = dataclasses.field(default=None, metadata={"help": (
+        "First pre-train the encoder as a masked autoencoder (MAE, He et al. 2022) on the training images for this "
+        "many epochs, without labels, then train as usual; 0 = off. Default: the recipe's.")})
+    mae_mask_ratio: float = dataclasses.field(default=0.75, metadata={"help": "Fraction of patches hidden."})
+    mae_target: Literal["patch_normalized", "pixels"] = dataclasses.field(default="patch_normalized", metadata={
+        "help": "What MAE reconstructs: each hidden patch's pixels normalised by its own mean and std (MAE's default: "
+                "texture and edges) or the pixels as the model sees them (brightness too)."})
+
+
+class MaskedAutoencoderPretraining(TrainingMethod):
+    """`mae_epochs` of MAE pre-training on the (augmented) training images before the supervised loop.
+
+    It trains the classifier's tokenizer, position embeddings and blocks in place; the decoder is dropped afterwards.
+    Same optimizer, peak learning rate and weight decay as the supervised stage; warm-up over 10% of the steps, then
+    cosine. Checkpointed after every epoch as `checkpoints/mae_epoch_<n>` (stage "mae"), which `latest` resumes when
+    no supervised checkpoint exists yet.
+    """
+
+    name = "mae"
+    arguments = MaskedAutoencoderArguments
+
+    def __init__(self, epochs: int, mask_ratio: float, target: str):
+        self.epochs, self.mask_ratio, self.target = epochs, mask_ratio, target
+        self.losses: list[float] = []
+        self.pictures = None  # (originals, hidden patches blanked, hidden patches predicted), to look at
+        self.resume_from = None
+
+    @classmethod
+    def from_arguments(cls, args) -> "MaskedAutoencoderPretraining | None":
+        if args.mae_epochs is not None and args.mae_epochs < 0:
+            raise ValueError(f"--mae_epochs must be >= 0 (0 = no pre-training), got {args.mae_epochs}.")
+        return cls(args.mae_epochs, args.mae_mask_ratio, args.mae_target) if args.mae_epochs else None
+
+    def settings(self) -> dict:
+        """What a pre-training checkpoint must share with the run that resumes it."""
+        return {"epochs": self.epochs, "mask_ratio": self.mask_ratio, "target": self.target}
+
+    def check(self, run) -> None:
+        MaskedAutoencoder.check_config(run.model.config, self.mask_ratio)
+
+    def resume_stage(self, checkpoint, state: dict) -> None:
+        """Continue an interrupted pre-training from `checkpoint` (its settings must be this run's)."""
+        saved = state["mae_settings"]
+        if saved != self.settings():
+            raise ValueError(
+                f"--resume_from_checkpoint {checkpoint}: MAE pre-training checkpoint made with --mae_epochs "
+                f"{saved['epochs']} --mae_mask_ratio {saved['mask_ratio']} --mae_target {saved['target']}, this run "
+                f"has {self.epochs}, {self.mask_ratio}, {self.target}; resume with the same settings, or start a new "
+                "--output_dir.")
+        self.resume_from = checkpoint
+
+    def before_training(self, run) -> None:
+        args, accelerator = run.args, run.accelerator
+        autoencoder = MaskedAutoencoder(run.model, self.mask_ratio,
+                                        normalize_target=self.target == "patch_normalized").to(accelerator.device)
+        loader = data.index_loader(len(run.train_split), args.per_device_train_batch_size, shuffle=True,
+                                   seed=args.seed + 1)
+        optimizer = build_optimizer(args, autoencoder)
+        autoencoder, optimizer, loader = accelerator.prepare(autoencoder, optimizer, loader)
+        steps = self.epochs * len(loader)
+        scheduler = build_scheduler("cosine", optimizer, round(0.1 * steps), steps)
+        if self.resume_from is not None:
+            accelerator.load_state(str(self.resume_from))
+            scheduler.load_state_dict(torch.load(self.resume_from / MAE_SCHEDULER, weights_only=True))
+            self.losses = read_trainer_state(self.resume_from)["mae_losses"]
+            if accelerator.is_main_process:
+                logger.info(f"Resumed MAE pre-training from {self.resume_from}: epoch {len(self.losses)}")
+        progress = tqdm(total=steps, initial=len(self.losses) * len(loader), desc="MAE pre-training",
+                        disable=not accelerator.is_local_main_process)
+        autoencoder.train()
+        for epoch in range(len(self.losses), self.epochs):
+            loader.set_epoch(epoch)
+            epoch_loss = torch.zeros((), device=accelerator.device)
+            for indices in loader:
+                images, _ = run.train_split.batch(indices)
+                loss = autoencoder(run.train_transform(images, train=True))
+                accelerator.backward(loss)
+                if args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(autoencoder.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                epoch_loss += loss.detach()
+                progress.update(1)
+            mean_loss = accelerator.reduce(epoch_loss, reduction="mean").item() / len(loader)
+            if not math.isfinite(mean_loss):
+                raise RuntimeError(f"MAE pre-training loss became {mean_loss} in epoch {epoch + 1}: lower "
+                                   "--learning_rate.")
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            self.losses.append(mean_loss)
+            save_mae_checkpoint(accelerator, run.output_dir, {
+                **run.identity, "mae_settings": self.settings(), "epoch": epoch + 1, "mae_losses": self.losses,
+                "wall_clock_seconds": run.wall_clock()}, scheduler, args.checkpoints_total_limit)
+        progress.close()
+        if accelerator.is_main_process:
+            logger.info(f"MAE pre-training: {self.epochs} epochs, final reconstruction loss {self.losses[-1]:.4f}")
+        # From a forked RNG and in eval mode (no stochastic depth): looking must not change what the run trains on.
+        originals = run.train_transform(run.train_split.images[:8], train=False)
+        autoencoder.eval()
+        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+            self.pictures = (originals, *accelerator.unwrap_model(autoencoder).reconstruct(originals))
+        # Forget the autoencoder, its optimizer and loader: only the supervised stage's objects are checkpointed.
+        accelerator.free_memory()
+
+    def log_start(self, accelerator, writer, to_pixels) -> None:
+        for epoch, loss in enumerate(self.losses):
+            accelerator.log({"pretrain/mae_loss": loss}, step=epoch + 1)
+        if writer is not None and self.pictures is not None:
+            import torchvision
+
+            # Rows: training images; their hidden patches blanked; the hidden patches as the decoder predicts them.
+            writer.add_image("pretrain/mae_reconstructions", torchvision.utils.make_grid(
+                to_pixels(torch.cat(self.pictures)), nrow=len(self.pictures[0])), len(self.losses))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"losses": torch.tensor(self.losses, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.losses = state["losses"].tolist()
+
+    def record(self) -> dict:
+        return {"mae_losses": self.losses}

@@ -1,0 +1,274 @@
+"""train.py's arguments: typed dataclass groups (`HfArgumentParser`), a run given as a YAML / JSON file, and the
+recipe's defaults for every training argument left unset.
+
+    python train.py --model vit_lsa --dataset breastmnist
+    python train.py my_run.yaml --seed 1            # the file's values, then the flags on top
+    python train.py --config runs/<run>/run_config.json
+
+A config file maps argument names to values (`learning_rate: 3.0e-4`, `teacher_model_name_or_path: [a, b]`); it
+goes through the same parser as the command line, so its values are checked the same way. A run's own
+`run_config.json` is such a file. Each training method adds its own group (`training.methods`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Literal
+
+import yaml
+from transformers import HfArgumentParser, SchedulerType
+
+import data
+import models
+
+from .recipes import RECIPE_NAMES, recipe_defaults
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+SELECTION_METRICS = ("auc", "acc", "loss", "last")
+AUGMENTATION_OVERRIDES = ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate", "zoom", "rotation_degrees",
+                          "vertical_flip")
+
+
+def arg(default=None, help: str = "", **metadata):  # noqa: A002 - argparse's own word
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclasses.dataclass
+class ModelArguments:
+    _argument_group_name = "model"
+    model: str = arg("vit_lsa", "Model family.", choices=models.MODEL_NAMES)
+    config_overrides: str | None = arg(None, "Model config fields, e.g. 'image_size=28,patch_size=4' (or a mapping in "
+                                             "a config file). Applied after the recipe's.")
+
+
+@dataclasses.dataclass
+class DataArguments:
+    _argument_group_name = "data"
+    dataset: str = arg("breastmnist", "MedMNIST 2D flag, e.g. breastmnist, bloodmnist.")
+    data_dir: str | None = arg(None, "Folder with the official npz files (default: $MEDMNIST_DATA_DIR, then medmnist's "
+                                     "own root). A file missing there comes from the bundled copy (breastmnist, 28 px) "
+                                     "or is downloaded.")
+    image_size: int = arg(28, "Size of the MedMNIST files to read (28, 64, 128, 224). The model's input size is its "
+                              "config's image_size.")
+    no_verify_checksum: bool = arg(False, "Skip the MD5 check of the data file (logged loudly).")
+    normalization: Literal["train_stats", "half"] | None = arg(
+        None, "train_stats: the training split's per-channel mean/std; half: (x - 0.5) / 0.5.")
+    augmentation: str | None = arg(None, "Augmentation preset (data.AugmentationConfig): none, shift (random shifts "
+                                         "only), seed (flip / rotation / zoom), strong.",
+                                   choices=data.AUGMENTATION_PRESETS)
+    repeated_augmentation: int | None = arg(
+        None, "Repeated augmentation (DeiT; the SPT/LSA paper's recipe): each epoch takes N / R images, each R times "
+              "in the same batch with its own augmentation. 1 = off (the recipes' default).")
+    mixup_alpha: float | None = arg(None, "Override the preset's mixup alpha (0 = off).")
+    cutmix_alpha: float | None = arg(None, "Override the preset's cutmix alpha (0 = off).")
+    random_erasing: float | None = arg(None, "Override the preset's random erasing probability.")
+    translate: float | None = arg(None, "Override the preset's random shift, as a fraction of the side (0.1: up to "
+                                        "±2.8 px at 28 px).")
+    zoom: float | None = arg(None, "Override the preset's random zoom: scale by U(1 - z, 1 + z) (seed: 0.3; 0 = off).")
+    rotation_degrees: float | None = arg(None, "Override the preset's random rotation: U(-d, d) degrees (seed: 10.8; "
+                                               "180 = any angle; 0 = off).")
+    vertical_flip: bool | None = arg(None, "Also flip each image upside down with probability 1/2 (no preset does; "
+                                           "with --rotation_degrees 180 every orientation is equally likely).",
+                                     nargs="?", const=True)
+    cross_validation_folds: int = arg(0, "Recipe searches on small data sets: pool train + validation, cut it into "
+                                         "this many stratified folds and validate on fold --cross_validation_fold "
+                                         "instead of the official validation split. Implies --skip_test. 0 = the "
+                                         "official splits.")
+    cross_validation_fold: int | None = arg(None, "The held-out fold, 0-based.")
+    cross_validation_split_seed: int = arg(0, "Which partition into folds (fixed whatever the --seed). Repeated "
+                                              "cross-validation runs a recipe under several.")
+
+
+@dataclasses.dataclass
+class TrainingArguments:
+    _argument_group_name = "training (unset values come from the recipe)"
+    recipe: str = arg("default", f"Defaults for every unset training argument: {' or '.join(RECIPE_NAMES)} "
+                                 "(recipes/<name>.yaml: this project's, or the replaced notebooks'), or a recipe file.")
+    num_epochs: int | None = arg(None, "Epochs of supervised training.")
+    max_train_steps: int | None = arg(None, "Overrides --num_epochs when set.")
+    per_device_train_batch_size: int | None = arg(None, "Training batch per process.")
+    per_device_eval_batch_size: int = arg(512, "Evaluation batch per process.")
+    optimizer: Literal["adamw", "adam", "sgd"] | None = arg(None, "Optimizer.")
+    momentum: float = arg(0.9, "SGD momentum.")
+    learning_rate: float | None = arg(None, "Peak learning rate.")
+    weight_decay: float | None = arg(None, "Weight decay (not on biases, norms, position embeddings, CLS token).")
+    warmup_epochs: float | None = arg(None, "Linear warm-up length in epochs (fractions allowed).")
+    lr_scheduler: str | None = arg(None, "Learning-rate schedule after the warm-up.",
+                                   choices=[s.value for s in SchedulerType])
+    label_smoothing: float | None = arg(None, "Label smoothing of the cross-entropy.")
+    max_grad_norm: float = arg(1.0, "Gradient clipping; 0 turns it off.")
+    gradient_accumulation_steps: int = arg(1, "Batches per optimizer update.")
+    seed: int = arg(42, "Random seed: fixes initialisation, data order and augmentation.")
+    selection_metric: str | None = arg(None, "Validation metric that picks `best` ('last' keeps the final epoch, as "
+                                             "the seed reported). Default: the recipe's.", choices=SELECTION_METRICS)
+    skip_test: bool = arg(False, "Never touch the test split (hyperparameter searches): all_results.json gets "
+                                 "test_metrics null.")
+
+
+@dataclasses.dataclass
+class OutputArguments:
+    _argument_group_name = "outputs, tracking, checkpoints and the Hub"
+    output_dir: str | None = arg(None, "Default: runs/<dataset>-<model>-<time>.")
+    report_to: str = arg("tensorboard", "accelerate tracker(s): tensorboard, all, or none.")
+    logging_steps: int = arg(10, "Log the training loss every N updates.")
+    checkpointing_steps: str = arg("epoch", "Save the training state every N steps, or 'epoch'.")
+    checkpoints_total_limit: int = arg(2, "Newest checkpoints kept (the best is kept too).")
+    resume_from_checkpoint: str | None = arg(None, "A checkpoint folder, or 'latest' (under --output_dir).")
+    save_validation_predictions: bool = arg(
+        False, "Also write each epoch's validation logits and labels to output_dir/validation_predictions/"
+               "epoch_XXX.npz (for checkpoint-selection studies: experiments/selection_study.py).")
+    push_to_hub: bool = arg(False, "Push best/ with its model card and logs to the Hub during and after training.")
+    hub_model_id: str | None = arg(None, "namespace/name of the Hub repository.")
+    hub_token: str | None = arg(None, "Hub token (default: HF_TOKEN or the cached login). Never logged.")
+    hub_private_repo: bool = arg(False, "Create the Hub repository as private.")
+
+
+CORE_GROUPS = (ModelArguments, DataArguments, TrainingArguments, OutputArguments)
+
+
+def parse_config_overrides(text: str) -> dict:
+    """`"image_size=28,patch_size=4,head_hidden_sizes=[256, 128],pooling=mean"` -> a dict of typed values."""
+    overrides, depth, current = {}, 0, ""
+    for char in text + ",":
+        depth += char == "["
+        depth -= char == "]"
+        if char == "," and depth == 0:
+            if current.strip():
+                key, sep, value = current.partition("=")
+                if not sep:
+                    raise ValueError(f"--config_overrides: {current.strip()!r} is not key=value.")
+                value = value.strip()
+                if value.lower() in ("true", "false"):  # JSON's and Python's spellings both
+                    value = value.lower()
+                try:
+                    overrides[key.strip()] = json.loads(value)
+                except json.JSONDecodeError:
+                    overrides[key.strip()] = value
+            current = ""
+        else:
+            current += char
+    return overrides
+
+
+def build_parser(method_groups=(), description: str | None = None) -> HfArgumentParser:
+    parser = HfArgumentParser([*CORE_GROUPS, *method_groups], description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no_vertical_flip", "--no-vertical_flip", dest="vertical_flip", action="store_false",
+                        help="Turn a recipe's or config file's --vertical_flip off.")
+    parser.add_argument("--config", default=None, help="A YAML or JSON file of argument values (the flags given "
+                                                       "beside it win); also accepted as the first argument.")
+    return parser
+
+
+def config_file_argv(path: str, parser) -> list[str]:
+    """A config file's values as command-line words, so that the parser checks them like typed flags."""
+    try:
+        text = Path(path).read_text()
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        parser.error(f"config file {path}: {error}")
+    known = {action.dest for action in parser._actions} - {"help", "config"}
+    if not isinstance(values, dict) or set(values) - known:
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else "not a mapping"
+        parser.error(f"config file {path}: unknown arguments {unknown}; it must map argument names (as in --help) to "
+                     "values.")
+    words = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key == "config_overrides" and isinstance(value, dict):
+            value = ",".join(f"{k}={json.dumps(v)}" for k, v in value.items())
+        listed = value if isinstance(value, list) else [value]
+        words += [f"--{key}", *(json.dumps(v) if isinstance(v, bool) else str(v) for v in listed)]
+    return words
+
+
+def parse_arguments(argv: list[str] | None = None, method_groups=(), description: str | None = None,
+                    check=None) -> SimpleNamespace:
+    """The run's arguments as one namespace (every group's fields), with the recipe's defaults filled in and every
+    combination checked (exit 2 with a message saying what to change); `check(args)` may raise ValueError too."""
+    parser = build_parser(method_groups, description)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        argv = ["--config", *argv]
+    config, argv = parser.parse_known_args(argv)[0].config, argv
+    if config is not None:
+        position = argv.index("--config")
+        argv = config_file_argv(config, parser) + argv[:position] + argv[position + 2:]
+    *groups, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
+                                                          look_for_args_file=False)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = SimpleNamespace(**{k: v for group in groups for k, v in vars(group).items() if k != "config"})
+    try:
+        apply_recipe(args)
+        if check is not None:
+            check(args)
+    except ValueError as error:
+        parser.error(str(error))
+    check_arguments(args, parser)
+    if args.output_dir is None:
+        args.output_dir = os.path.join("runs", f"{args.dataset}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return args
+
+
+def apply_recipe(args) -> None:
+    """Fill every unset training argument with the recipe's value; the user's config overrides go last."""
+    user_overrides = parse_config_overrides(args.config_overrides or "")
+    values = recipe_defaults(args.recipe, args.model, args.image_size, args.dataset,
+                             convolutional_tokenizer=user_overrides.get("use_convolutional_tokenizer"))
+    for key, value in values.items():
+        if key == "config_overrides":
+            args.config_overrides = {**value, **user_overrides}
+        elif getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def check_arguments(args, parser) -> None:
+    """The combinations the parser's types cannot check."""
+    for name in ("num_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "logging_steps",
+                 "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        parser.error(f"--max_train_steps must be at least 1, got {args.max_train_steps}.")
+    if (args.cross_validation_folds > 0) != (args.cross_validation_fold is not None):
+        parser.error("--cross_validation_folds K and --cross_validation_fold I go together (I in 0..K-1), e.g. "
+                     "--cross_validation_folds 5 --cross_validation_fold 0.")
+    if args.cross_validation_folds:
+        if args.cross_validation_folds < 2 or not 0 <= args.cross_validation_fold < args.cross_validation_folds:
+            parser.error(f"--cross_validation_folds must be >= 2 and --cross_validation_fold in 0..K-1; got "
+                         f"{args.cross_validation_folds} and {args.cross_validation_fold}.")
+        args.skip_test = True  # a fold run chooses recipes: the test split stays unseen
+    if args.cross_validation_split_seed < 0 or (args.cross_validation_split_seed and not args.cross_validation_folds):
+        parser.error(f"--cross_validation_split_seed {args.cross_validation_split_seed}: a partition into folds needs "
+                     "--cross_validation_folds K and --cross_validation_fold I, and the seed must be >= 0.")
+    if args.repeated_augmentation < 1:
+        parser.error(f"--repeated_augmentation must be at least 1 (1 = off), got {args.repeated_augmentation}.")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id namespace/name.")
+    if args.checkpointing_steps != "epoch" and (not args.checkpointing_steps.isdigit()
+                                                or int(args.checkpointing_steps) < 1):
+        parser.error(f"--checkpointing_steps must be a number of steps (>= 1) or 'epoch', got "
+                     f"{args.checkpointing_steps!r}.")
+
+
+def augmentation_config(args) -> data.AugmentationConfig:
+    """The preset named by --augmentation with every field the command line (or the recipe) set on top of it."""
+    augmentation = data.AugmentationConfig.preset(args.augmentation)
+    for key in AUGMENTATION_OVERRIDES:
+        if getattr(args, key) is not None:
+            augmentation = dataclasses.replace(augmentation, **{key: getattr(args, key)})
+    return augmentation
+
+
+def public_config(args) -> dict:
+    """The run's resolved arguments without secrets: what goes to run_config.json, TensorBoard and the card."""
+    return {k: v for k, v in vars(args).items() if k != "hub_token"}
