@@ -174,7 +174,7 @@ def parse_args(argv=None):
              "the recipe's (auc).")
     add("--save_validation_predictions", action="store_true",
         help="Also write each epoch's validation logits and labels to output_dir/validation_predictions/"
-             "epoch_XXX.npz (for checkpoint-selection studies: benchmarks/selection_study.py). Changes nothing else.")
+             "epoch_XXX.npz (for checkpoint-selection studies: experiments/selection_study.py). Changes nothing else.")
     add("--cross_validation_folds", type=int, default=0,
         help="Recipe searches on small data sets: pool train + validation, cut it into this many stratified folds "
              "(fixed by --cross_validation_split_seed, whatever the --seed) and validate on fold "
@@ -273,7 +273,7 @@ def training_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool,
 
 def validation_loss(logits, labels, multilabel: bool, per_sample: bool = False):
     """Cross-entropy (BCE for multi-label) of the split; with `per_sample`, each image's own, (N,) NumPy (the
-    multi-label BCE averaged over its labels), so that any subset's loss is a mean (benchmarks/selection_study.py)."""
+    multi-label BCE averaged over its labels), so that any subset's loss is a mean (experiments/selection_study.py)."""
     logits, labels = torch.from_numpy(logits), torch.from_numpy(labels)
     if per_sample:
         if multilabel:

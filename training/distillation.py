@@ -98,7 +98,7 @@ def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds:
     wanted = (f"--dataset {dataset} --cross_validation_folds {folds} --cross_validation_fold {fold} "
               f"--cross_validation_split_seed {split_seed}")
     fix = (f"Use a teacher that train.py trained with {wanted}, e.g. runs/cv/<teacher setting>/fold{fold}/best "
-           "(in benchmarks/cross_validate.py --train_args, write fold{fold} and each fold gets its own).")
+           "(in experiments/cross_validate.py --train_args, write fold{fold} and each fold gets its own).")
     if not run_config.is_file():
         raise ValueError(f"--teacher_model_name_or_path {name_or_path!r} for cross-validation fold {fold}: there is no "
                          f"run_config.json beside it, so nothing shows that it never saw this fold's held-out "

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Does test-time flip averaging help? Each cross-validation fold's saved models on their own held-out fold.
 
-    python benchmarks/flip_averaging.py runs/cv/breastmnist-vit_conv_lsa-2_layers
+    python experiments/flip_averaging.py runs/cv/breastmnist-vit_conv_lsa-2_layers
 
-For every `fold<i>` of a `benchmarks/cross_validate.py` setting, loads `best` and `last`, rebuilds the fold's
+For every `fold<i>` of a `experiments/cross_validate.py` setting, loads `best` and `last`, rebuilds the fold's
 held-out images exactly as training did (`run_config.json`: data set, folds, fold, data folder) and computes their
 validation ACC / AUC twice: as trained, and with `config.test_time_horizontal_flip` on (each image and its mirror
 image, logits averaged). Prints both per fold and the mean ± std over folds of the difference. The test split is

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run datasets × models × seeds through `accelerate launch train.py` and write the results table.
 
-    python benchmarks/run_results.py --data_dir ../shared/data/medmnist \
+    python experiments/run_results.py --data_dir ../shared/data/medmnist \
         --datasets breastmnist bloodmnist --models cnn vit vit_lsa vit_conv_lsa --seeds 0 1 2
 
 A model name with the suffix `+distilled` (e.g. `vit_lsa+distilled`) trains that model distilled from the sweep's own
@@ -223,7 +223,7 @@ def collect(args) -> dict:
 
 def this_command(argv=None) -> str:
     arguments = sys.argv[1:] if argv is None else argv
-    return shlex.join([sys.executable.split("/")[-1], "benchmarks/run_results.py", *arguments])
+    return shlex.join([sys.executable.split("/")[-1], "experiments/run_results.py", *arguments])
 
 
 def update_rows(previous: dict, fresh: dict) -> dict:
@@ -249,7 +249,7 @@ def results_markdown(results: dict) -> str:
         "# Results",
         "",
         "Test split of the official 28×28 MedMNIST files, each run's model chosen on the validation split, mean ± std",
-        "over seeds with a 95% t-interval over seeds. Written by `benchmarks/run_results.py`"
+        "over seeds with a 95% t-interval over seeds. Written by `experiments/run_results.py`"
         + (":" if len(results["commands"]) == 1 else " (the later commands with `--update`):"),
         "",
         "```",

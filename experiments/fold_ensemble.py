@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How good is an ensemble of cross-validation settings? Their fold models, logits averaged, on each held-out fold.
 
-    python benchmarks/fold_ensemble.py runs/cv/breastmnist-cnn-default runs/cv/breastmnist-cnn-seed1 \
+    python experiments/fold_ensemble.py runs/cv/breastmnist-cnn-default runs/cv/breastmnist-cnn-seed1 \
         runs/cv/breastmnist-cnn-seed2 --checkpoint best
 
 For every fold, loads `<setting>/fold<i>/<checkpoint>` of each setting, rebuilds the fold's held-out images as

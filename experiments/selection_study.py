@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which validation rule picks the best checkpoint? An honest estimate from runs that saved every epoch's predictions.
 
-    python benchmarks/selection_study.py runs/cv-selection/breastmnist-vit_lsa/fold{0,1,2,3,4} \
+    python experiments/selection_study.py runs/cv-selection/breastmnist-vit_lsa/fold{0,1,2,3,4} \
         --output results/selection_study_breastmnist.json
 
 train.py keeps as `best` the epoch with the highest validation AUC (`--selection_metric auc`), and the results table
@@ -186,7 +186,7 @@ def main(argv=None):
     print(markdown(summary, args.reference, len(runs)))
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"command": "python benchmarks/selection_study.py " + " ".join(
+        args.output.write_text(json.dumps({"command": "python experiments/selection_study.py " + " ".join(
             sys.argv[1:] if argv is None else argv), "splits": args.splits, "seed": args.seed,
             "reference": args.reference, "runs": runs, "summary": summary}, indent=2))
 

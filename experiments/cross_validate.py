@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Compare training recipes by K-fold cross-validation on train + validation (never the test split).
 
-    python benchmarks/cross_validate.py results/cross_validation_breastmnist.json shift_only \
+    python experiments/cross_validate.py results/cross_validation_breastmnist.json shift_only \
         --train_args "--model vit_lsa --dataset breastmnist" --data_dir ../shared/data/medmnist --jobs 2
 
 runs `accelerate launch train.py ... --cross_validation_folds K --cross_validation_fold i` for every fold (each to
 `<runs_dir>/<name>/fold<i>`, skipped when already finished, `--jobs` at a time), then records the setting in the log:
 each fold's search entry (best epoch, validation ACC / AUC at the best epoch and over the last 20 epochs, per-epoch
-AUC; `benchmarks/search_log.py`) and the mean ± std over folds. It prints every setting of the log, with its
+AUC; `experiments/search_log.py`) and the mean ± std over folds. It prints every setting of the log, with its
 fold-by-fold difference from the log's first setting, and draws the mean validation AUC per epoch of each
 (`<log>.png`).
 
@@ -309,7 +309,7 @@ def draw_chart(log: dict, path: Path) -> None:
 def read_log(path: Path) -> dict:
     """The log, or an empty one when the file does not exist yet."""
     return json.loads(path.read_text()) if path.is_file() else {
-        "what": "K-fold cross-validation on train + validation (benchmarks/cross_validate.py); no test split",
+        "what": "K-fold cross-validation on train + validation (experiments/cross_validate.py); no test split",
         "settings": []}
 
 

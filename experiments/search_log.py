@@ -3,7 +3,7 @@
 `results/search_breastmnist.json`: each run's command, resolved recipe, best epoch, validation ACC / AUC at the best
 epoch and averaged over the last 20 epochs, wall-clock, and the per-epoch validation AUC.
 
-    python benchmarks/search_log.py results/search_breastmnist.json J_seed1=runs/search/J-seed1 M_sam=runs/search/M-sam
+    python experiments/search_log.py results/search_breastmnist.json J_seed1=runs/search/J-seed1 M_sam=runs/search/M-sam
 
 A run that evaluated the test split is refused: a search must choose on validation only. `--discard_test` records such
 runs anyway with their test figures dropped unread (`"test_discarded_unread": true`): for sweeps where every run

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compare sweeps on the validation split, epoch by epoch and at the chosen epoch, finished or still running.
 
-    python benchmarks/compare_sweeps.py row=runs/blood30-vit-p2-wide mae20=runs/blood30-vit-mae20 \
+    python experiments/compare_sweeps.py row=runs/blood30-vit-p2-wide mae20=runs/blood30-vit-mae20 \
         --plot runs/blood30-vit-mae20/compare.png
 
 A sweep is a folder of runs (a `run_results.py --runs_dir`: one sub-folder per seed). A run counts once it has
