@@ -114,8 +114,7 @@ def load_training_split(args):
                 raise
             print(f"[quick] real data unavailable ({str(error).splitlines()[0]}); using a synthetic file")
     if dataset is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from synthetic import synthetic_medmnist
+        from data.synthetic import synthetic_medmnist
 
         directory = Path(tempfile.mkdtemp(prefix="medmnist-throughput-"))
         source = "synthetic file"

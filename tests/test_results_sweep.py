@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from synthetic import write_synthetic_npz
+
+from data.synthetic import write_synthetic_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
