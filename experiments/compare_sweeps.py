@@ -17,13 +17,13 @@ beat say early whether it is on course, and the same table decides it when it en
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.checkpointing import list_checkpoints, read_trainer_state  # noqa: E402
+from training.run_records import ALL_RESULTS, read_all_results  # noqa: E402
 
 METRICS = ("acc", "auc")
 
@@ -31,9 +31,8 @@ METRICS = ("acc", "auc")
 def load_run(run_dir: Path) -> dict | None:
     """{"history": [{"epoch", "metrics"}...], "chosen": validation metrics at the chosen epoch or None (running)}, or
     None for a folder that is not a run (yet)."""
-    results = run_dir / "all_results.json"
-    if results.is_file():
-        finished = json.loads(results.read_text())
+    if (run_dir / ALL_RESULTS).is_file():
+        finished = read_all_results(run_dir)
         return {"history": finished["validation_history"], "chosen": finished["validation_metrics"]}
     checkpoints = list_checkpoints(run_dir)
     if checkpoints:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's own modules, when run as a script
 from training.checkpointing import has_checkpoint  # noqa: E402
 from training.hardware import describe_hardware  # noqa: E402
+from training.run_records import ALL_RESULTS, read_all_results  # noqa: E402
 
 # The replaced notebooks' test accuracy (../shared/REFERENCE.md).
 SEED_TABLE = {
@@ -142,7 +143,7 @@ def run_all(args) -> list[str]:
     for dataset in args.datasets:
         for model in args.models:
             for seed in args.seeds:
-                if (Path(args.runs_dir) / run_name(dataset, model, seed) / "all_results.json").is_file():
+                if (Path(args.runs_dir) / run_name(dataset, model, seed) / ALL_RESULTS).is_file():
                     print(f"[skip] {run_name(dataset, model, seed)}: already done", flush=True)
                 else:
                     todo.append((dataset, model, seed))
@@ -192,9 +193,9 @@ def collect(args) -> dict:
         for model in args.models:
             runs = []
             for seed in args.seeds:
-                path = Path(args.runs_dir) / run_name(dataset, model, seed) / "all_results.json"
+                path = Path(args.runs_dir) / run_name(dataset, model, seed) / ALL_RESULTS
                 if path.is_file():
-                    result = json.loads(path.read_text())
+                    result = read_all_results(path.parent)
                     if result.get("test_metrics") is None:  # a --skip_test (search) run: not a result
                         print(f"[ignored] {path.parent.name}: no test metrics (--skip_test run)", flush=True)
                         continue

@@ -20,6 +20,9 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's own modules, when run as a script
+from training.run_records import ALL_RESULTS, read_all_results  # noqa: E402
+
 RESOLVED_KEYS = ("augmentation", "config_overrides", "per_device_train_batch_size", "learning_rate", "weight_decay",
                  "label_smoothing", "num_epochs", "optimizer", "recipe", "sam_rho", "ema_decay", "translate",
                  "distillation_type", "distillation_alpha", "distillation_temperature", "relative_localization_weight",
@@ -33,10 +36,9 @@ ABSENT_MEANS = {"sam_rho": 0.0, "ema_decay": 0.0, "translate": None, "distillati
 
 
 def search_entry(name: str, run_dir: Path, last: int = 20, discard_test: bool = False) -> dict:
-    results_path = run_dir / "all_results.json"
-    if not results_path.is_file():
+    if not (run_dir / ALL_RESULTS).is_file():
         raise ValueError(f"{run_dir}: no all_results.json (is the run finished?).")
-    results = json.loads(results_path.read_text())
+    results = read_all_results(run_dir)
     tested = results.get("test_metrics") is not None
     if tested and not discard_test:
         raise ValueError(f"{run_dir}: this run evaluated the test split; search runs use train.py --skip_test "

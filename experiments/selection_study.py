@@ -36,6 +36,7 @@ from metrics.modules.medmnist_definitions import (  # noqa: E402
     MULTI_LABEL, auc_columns, check_inputs, get_acc, get_auc, predict_labels)
 from run_results import mean_std_ci  # noqa: E402
 from train import validation_loss  # noqa: E402
+from training.run_records import RUN_CONFIG, read_run_config  # noqa: E402
 
 RULES = ("auc", "acc", "loss", "last")
 
@@ -55,12 +56,11 @@ def parse_args(argv=None):
 
 def run_task(run: Path) -> str:
     """The MedMNIST task of a run, from its run_config.json (written by train.py)."""
-    config_path = run / "run_config.json"
-    if not config_path.is_file():
+    if not (run / RUN_CONFIG).is_file():
         raise SystemExit(f"selection_study.py: error: {run} has no run_config.json; is it a train.py output folder?")
     from data import medmnist_info
 
-    return medmnist_info(json.loads(config_path.read_text())["dataset"]).task
+    return medmnist_info(read_run_config(run)["dataset"]).task
 
 
 def stratified_halves(labels: np.ndarray, task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data import run_split
 from models.checkpoint_fit import load_for_inference
+from training.run_records import run_split
 
 DISTILLATION_TYPES = ("hard", "soft")
 
