@@ -12,8 +12,8 @@ finished, the mean over its runs of the validation metrics at each run's chosen 
 `run_results.py` reports and the adoption rules in docs/experiments.md compare). The test split is never read.
 `--plot` draws the mean curves, with a band from the lowest to the highest run.
 
-Why: a BloodMNIST sweep takes hours on a CPU and outlives a working session; its curves against the sweep it must
-beat say early whether it is on course, and the same table decides it when it ends.
+Why: a BloodMNIST sweep takes hours on a CPU; its curves against the sweep it must beat say early whether it is on
+course, and the same table decides it when it ends.
 """
 
 import argparse

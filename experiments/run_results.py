@@ -11,7 +11,8 @@ mean of their logits). Those runs start after every plain run has finished.
 
 Each run goes to `<runs_dir>/<dataset>-<model>-seed<k>` and is skipped when its `all_results.json` already exists,
 so an interrupted sweep continues where it stopped; with `--resume`, an interrupted run also continues from its newest
-checkpoint (`train.py --resume_from_checkpoint latest`) instead of starting again: long runs can span sessions.
+checkpoint (`train.py --resume_from_checkpoint latest`) instead of starting again: a long run can be stopped and
+continued.
 Afterwards (or with `--collect_only`) it writes
 `results/results.json` (every run's test and validation metrics), `results/RESULTS.md` (mean ± std over seeds with a
 95% t-interval, the seed notebooks' figures and the published references beside them) and `results/results.png`.

@@ -5,13 +5,13 @@ epoch and averaged over the last 20 epochs, wall-clock, and the per-epoch valida
 
     python experiments/search_log.py results/search_breastmnist.json J_seed1=runs/search/J-seed1 M_sam=runs/search/M-sam
 
-A run that evaluated the test split is refused: a search must choose on validation only. `--discard_test` records such
-runs anyway with their test figures dropped unread (`"test_discarded_unread": true`): for sweeps where every run
-ended with its test evaluation (the GPU sessions: one prepared command, no time to rerun) and the setting chosen on
-validation alone is the only one whose test figures are ever read. A name already in the log
-is replaced where it stands. `--summary` then prints, for each setting (the resolved recipe without the seed), the mean ± std over
-its seeds: one run's validation AUC on 78 BreastMNIST images moves by ±0.05 with the seed alone, so settings are
-compared over seeds, never on one run.
+A run that evaluated the test split is refused: a search must choose on validation only. `--discard_test` records
+such runs anyway with their test figures dropped unread (`"test_discarded_unread": true`): for sweeps where every
+run ended with its test evaluation (the GPU sweeps of device_session.sh: one prepared command, no time to rerun) and
+the setting chosen on validation alone is the only one whose test figures are ever read. A name already in the log
+is replaced where it stands. `--summary` then prints, for each setting (the resolved recipe without the seed), the
+mean ± std over its seeds: one run's validation AUC on 78 BreastMNIST images moves by ±0.05 with the seed alone, so
+settings are compared over seeds, never on one run.
 """
 
 import argparse
