@@ -79,8 +79,7 @@ def load_split(args):
             print(f"[quick] real data unavailable ({str(error).splitlines()[0]}); using a synthetic file")
     import tempfile
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from synthetic import synthetic_medmnist
+    from data.synthetic import synthetic_medmnist
 
     directory = tempfile.mkdtemp(prefix="medmnist-bench-")
     source = synthetic_medmnist(directory, args.flag, args.size, n_train=2048, n_val=8, n_test=8)

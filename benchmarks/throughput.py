@@ -117,8 +117,7 @@ def load_training_split(args):
                 raise
             print(f"[quick] real data unavailable ({str(error).splitlines()[0]}); using a synthetic file")
     if dataset is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from synthetic import synthetic_medmnist
+        from data.synthetic import synthetic_medmnist
 
         directory = Path(tempfile.mkdtemp(prefix="medmnist-throughput-"))
         source = "synthetic file"
@@ -432,7 +431,7 @@ def print_table(results):
 
 
 def ratios(results) -> dict:
-    """Ours against the anchor's best worker count: per dtype, and against the anchor's bf16 (the issue's target)."""
+    """Ours against the anchor's best worker count: per dtype, and against the anchor's bf16 (the anchor's fastest)."""
     def best(model, dtype, ours):
         rows = [r for r in results if r["model"] == model and r["dtype"] == dtype
                 and r["pipeline"].startswith("ours") == ours]

@@ -34,7 +34,7 @@ from .augmentation import (
     processor_mean_std,
     targets_from_labels,
 )
-from .cross_validation import cross_validation_split, run_split
+from .cross_validation import cross_validation_split
 from .device_pipeline import (
     DeviceSplit,
     EpochShuffleSampler,
@@ -93,6 +93,5 @@ __all__ = [
     "npz_filename",
     "processor_mean_std",
     "resolve_data_dir",
-    "run_split",
     "targets_from_labels",
 ]

@@ -20,13 +20,6 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold
 
 
-def run_split(run_config: dict) -> tuple[str | None, int, int | None, int]:
-    """(data set, folds, fold, split seed) of the data a train.py run trained on, from its run_config.json; folds 0 is
-    the official splits. Runs from before `--cross_validation_split_seed` existed used partition 0."""
-    return (run_config.get("dataset"), run_config.get("cross_validation_folds") or 0,
-            run_config.get("cross_validation_fold"), run_config.get("cross_validation_split_seed") or 0)
-
-
 def cross_validation_split(
     dataset_dict: datasets.DatasetDict, num_folds: int, fold: int, split_seed: int = 0
 ) -> datasets.DatasetDict:

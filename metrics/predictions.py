@@ -1,6 +1,6 @@
 """Per-epoch validation predictions on disk (`train.py --save_validation_predictions`), for studies that need more
 than the logged metrics: which epoch a selection rule would have picked on part of the split, and how that epoch
-scores on the rest (`benchmarks/selection_study.py`)."""
+scores on the rest (`experiments/selection_study.py`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Whether a trained checkpoint fits a MedMNIST data set: its channels, labels, task and input geometry.
 
 Shared by `evaluate.py` (the model under evaluation), `train.py` (a distillation teacher) and
-`benchmarks/flip_averaging.py`: `load_for_inference` is the one way they load a trained model.
+`experiments/flip_averaging.py`: `load_for_inference` is the one way they load a trained model.
 """
 
 from dataclasses import dataclass

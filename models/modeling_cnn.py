@@ -7,7 +7,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from .configuration_cnn import MedCNNConfig
 from .input_checks import prepare_pixel_values
-from .test_time_augmentation import average_over_mirror_images, with_mirror_images
+from .flip_averaging import average_over_mirror_images, with_mirror_images
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, padding: int) -> nn.Sequential:

@@ -12,7 +12,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from .configuration_vit import MedViTConfig
 from .input_checks import prepare_pixel_values
-from .test_time_augmentation import average_over_mirror_images, with_mirror_images
+from .flip_averaging import average_over_mirror_images, with_mirror_images
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from data.synthetic import write_synthetic_npz
 from hub_server import LocalHubServer
-from synthetic import write_synthetic_npz
 
 
 @pytest.fixture(scope="module")

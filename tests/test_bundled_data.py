@@ -147,7 +147,7 @@ def test_bundled_copy_comes_after_the_data_folder_and_before_a_download(tmp_path
     """Order: the data folder's own file wins; a folder without it gives the bundled copy, not a download."""
     import medmnist
 
-    from synthetic import write_synthetic_npz
+    from data.synthetic import write_synthetic_npz
 
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     dead_url = f"http://127.0.0.1:{_closed_port()}/breastmnist.npz"

@@ -1,4 +1,4 @@
-"""benchmarks/compare_sweeps.py on real tiny train.py runs: one sweep finished, one still running."""
+"""experiments/compare_sweeps.py on real tiny train.py runs: one sweep finished, one still running."""
 
 import json
 import statistics
@@ -9,7 +9,7 @@ from PIL import Image
 
 from tiny_runs import ROOT, copy_stopped_after_first_epoch, train_tiny_vit
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
 import compare_sweeps  # noqa: E402
 
 

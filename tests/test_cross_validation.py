@@ -1,4 +1,4 @@
-"""K-fold cross-validation: the folds (data.cross_validation), train.py's fold runs and benchmarks/cross_validate.py."""
+"""K-fold cross-validation: the folds (data.cross_validation), train.py's fold runs, experiments/cross_validate.py."""
 
 import json
 import shutil
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic import write_synthetic_npz
 
 import data
+from data.synthetic import write_synthetic_npz
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
 import cross_validate  # noqa: E402
 
 LAUNCH = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no " \
@@ -187,7 +187,7 @@ def test_settings_run_at_the_same_time_both_reach_the_log(cross_validation):
     import time
 
     root, log_path, common = cross_validation
-    script = ROOT / "benchmarks" / "cross_validate.py"
+    script = ROOT / "experiments" / "cross_validate.py"
     running = subprocess.Popen([sys.executable, str(script), str(log_path), "late", "--train_args", TRAIN_ARGS,
                                 "--jobs", "2", *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while not (root / "runs" / "late" / "fold0.log").exists() and running.poll() is None:

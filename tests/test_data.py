@@ -20,8 +20,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# `data`, `models` and `synthetic` are importable under pytest; this makes them so when accelerate launch runs the file.
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+# `data` and `models` are importable under pytest; this makes them so when accelerate launch runs the file.
+sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
 from data import (  # noqa: E402
@@ -35,7 +35,7 @@ from data import (  # noqa: E402
     medmnist_info,
     mix_batch,
 )
-from synthetic import synthetic_medmnist  # noqa: E402
+from data.synthetic import synthetic_medmnist  # noqa: E402
 
 REAL_DATA_DIR = ROOT.parent / "shared" / "data" / "medmnist"
 

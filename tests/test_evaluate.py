@@ -22,8 +22,8 @@ from medmnist.info import INFO
 from PIL import Image
 
 import models
+from data.synthetic import write_synthetic_npz
 from metric_comparison import assert_same
-from synthetic import write_synthetic_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAG, N_TEST, BATCH = "bloodmnist", 13, 4

@@ -1,4 +1,4 @@
-"""benchmarks/run_results.py end to end: real `accelerate launch train.py` runs on synthetic data, aggregated."""
+"""experiments/run_results.py end to end: real `accelerate launch train.py` runs on synthetic data, aggregated."""
 
 import json
 import statistics
@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from synthetic import write_synthetic_npz
+
+from data.synthetic import write_synthetic_npz
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
 import run_results  # noqa: E402
 
 TRAIN_ARGS = ("--no_verify_checksum --num_epochs 1 --per_device_train_batch_size 16 --per_device_eval_batch_size 32 "

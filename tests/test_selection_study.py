@@ -1,4 +1,4 @@
-"""`train.py --save_validation_predictions` and `benchmarks/selection_study.py` (checkpoint-selection rules judged
+"""`train.py --save_validation_predictions` and `experiments/selection_study.py` (checkpoint-selection rules judged
 on held-out halves): real tiny runs, and runs written by hand where the right answer is known."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 from tiny_runs import train_tiny_vit
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
 import selection_study  # noqa: E402
 from metrics import read_epoch_predictions, write_epoch_predictions  # noqa: E402
 from metrics.modules.medmnist_definitions import get_acc, get_auc  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 from medmnist.evaluator import getACC, getAUC
 from medmnist.info import INFO
 
-from synthetic import write_synthetic_npz
+from data.synthetic import write_synthetic_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "image_size=28,hidden_size=32,num_hidden_layers=1,attention_head_dim=16,intermediate_size=64"

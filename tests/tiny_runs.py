@@ -1,5 +1,5 @@
 """`train_tiny_vit`: a real `train.py` run of a one-layer `vit_lsa` on the synthetic BreastMNIST, in a subprocess,
-for the tests of training options (SAM / EMA, distillation, relative localization)."""
+for the tests of training methods (SAM / EMA, distillation, MAE)."""
 
 import os
 import shutil

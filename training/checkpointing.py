@@ -7,8 +7,8 @@ inside holds what accelerate does not save (epoch, step, best metric so far, the
 
 Masked-autoencoder pre-training (`train.py --mae_epochs`) is checkpointed the same way after each of its epochs, as
 `checkpoints/mae_epoch_<epoch>` (the autoencoder with its decoder, its optimizer, data order and random states, and
-`mae_scheduler.pt`): `latest` resumes the newest supervised checkpoint, or else the newest pre-training one, so long
-pre-training can be interrupted and resumed too.
+`mae_scheduler.pt`): `latest` resumes the newest supervised checkpoint, or else the newest pre-training one, so a
+long pre-training can be stopped and continued too.
 """
 
 import json

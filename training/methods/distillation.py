@@ -12,16 +12,15 @@ seeds) teach as one, through the mean of their logits.
 """
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from data import run_split
 from models.checkpoint_fit import load_for_inference
 
+from ..run_records import RUN_CONFIG, read_run_config, run_split
 from .base import Batch, TrainingMethod
 
 DISTILLATION_TYPES = ("hard", "soft")
@@ -98,16 +97,16 @@ def check_teacher_held_out_the_same_fold(name_or_path: str, dataset: str, folds:
     teacher (the official splits, another fold, another partition into folds) has seen this fold's held-out images,
     and its predictions would leak them into the student's validation figures. Checked against the `run_config.json`
     that train.py writes beside `best` and `last`; a ValueError says what is wrong otherwise."""
-    run_config = Path(name_or_path).parent / "run_config.json"
+    run_config = Path(name_or_path).parent / RUN_CONFIG
     wanted = (f"--dataset {dataset} --cross_validation_folds {folds} --cross_validation_fold {fold} "
               f"--cross_validation_split_seed {split_seed}")
     fix = (f"Use a teacher that train.py trained with {wanted}, e.g. runs/cv/<teacher setting>/fold{fold}/best "
-           "(in benchmarks/cross_validate.py --train_args, write fold{fold} and each fold gets its own).")
+           "(in experiments/cross_validate.py --train_args, write fold{fold} and each fold gets its own).")
     if not run_config.is_file():
         raise ValueError(f"--teacher_model_name_or_path {name_or_path!r} for cross-validation fold {fold}: there is no "
                          f"run_config.json beside it, so nothing shows that it never saw this fold's held-out "
                          f"images. {fix}")
-    found = run_split(json.loads(run_config.read_text()))
+    found = run_split(read_run_config(run_config.parent))
     if found != (dataset, folds, fold, split_seed):
         raise ValueError(f"--teacher_model_name_or_path {name_or_path!r} was trained with --dataset {found[0]} "
                          f"--cross_validation_folds {found[1]} --cross_validation_fold {found[2]} "

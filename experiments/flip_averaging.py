@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Does test-time flip averaging help? Each cross-validation fold's saved models on their own held-out fold.
 
-    python benchmarks/flip_averaging.py runs/cv/breastmnist-vit_conv_lsa-2_layers
+    python experiments/flip_averaging.py runs/cv/breastmnist-vit_conv_lsa-2_layers
 
-For every `fold<i>` of a `benchmarks/cross_validate.py` setting, loads `best` and `last`, rebuilds the fold's
+For every `fold<i>` of a `experiments/cross_validate.py` setting, loads `best` and `last`, rebuilds the fold's
 held-out images exactly as training did (`run_config.json`: data set, folds, fold, data folder) and computes their
 validation ACC / AUC twice: as trained, and with `config.test_time_horizontal_flip` on (each image and its mirror
 image, logits averaged). Prints both per fold and the mean ± std over folds of the difference. The test split is
@@ -11,7 +11,6 @@ never read, so the answer can choose a recipe.
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -23,14 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's ow
 import data  # noqa: E402
 import metrics  # noqa: E402
 from models.checkpoint_fit import load_for_inference  # noqa: E402
+from training.run_records import RUN_CONFIG, read_run_config, run_split  # noqa: E402
 
 
 def held_out_fold(run_dir: Path, accelerator: Accelerator, data_dir: str | None = None):
     """(DeviceSplit of the fold's held-out images, MedMNIST info) as `train.py --cross_validation_fold` saw them.
     `data_dir`: the npz folder, if not the one run_config.json names (a relative one there is relative to the folder
     training was started from)."""
-    config = json.loads((run_dir / "run_config.json").read_text())
-    _, folds, fold, split_seed = data.run_split(config)
+    config = read_run_config(run_dir)
+    _, folds, fold, split_seed = run_split(config)
     if not folds:
         sys.exit(f"{run_dir} is not a cross-validation fold run (run_config.json has no cross_validation_folds): "
                  "this check must not read the official validation or test split.")
@@ -62,7 +62,7 @@ def main(argv=None):
                         help="The folder with the official npz files, if not the runs' own data_dir (which, when "
                              "relative, is relative to the folder the runs were started from).")
     args = parser.parse_args(argv)
-    folds = sorted(args.setting_dir.glob("fold*/run_config.json"))
+    folds = sorted(args.setting_dir.glob(f"fold*/{RUN_CONFIG}"))
     if not folds:
         sys.exit(f"No fold<i>/run_config.json under {args.setting_dir}: give a cross_validate.py setting folder, "
                  "e.g. runs/cv/<name>.")

@@ -1,6 +1,7 @@
-"""Small MedMNIST-layout npz files with a learnable signal, for tests that must not depend on the real data.
+"""Synthetic MedMNIST files: writes small npz files in the official MedMNIST layout (`train_images`, `val_labels`,
+...) with a learnable signal, for the tests and the benchmarks, which must not depend on the real data.
 
-    from synthetic import synthetic_medmnist
+    from data.synthetic import synthetic_medmnist
     synthetic = synthetic_medmnist(tmp_path, "bloodmnist")
     dataset = synthetic.load(cache_dir=tmp_path / "cache")      # = load_medmnist(..., verify_checksum=False)
 
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from medmnist.info import INFO
+
+from .loading import load_medmnist
 
 SPLIT_PREFIXES = ("train", "val", "test")
 
@@ -98,8 +101,6 @@ class SyntheticMedMNIST:
 
     def load(self, cache_dir=None, **kwargs):
         """`data.load_medmnist` on this file."""
-        from data import load_medmnist
-
         return load_medmnist(**self.load_kwargs, cache_dir=None if cache_dir is None else str(cache_dir), **kwargs)
 
 

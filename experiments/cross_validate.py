@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Compare training recipes by K-fold cross-validation on train + validation (never the test split).
 
-    python benchmarks/cross_validate.py results/cross_validation_breastmnist.json shift_only \
+    python experiments/cross_validate.py results/cross_validation_breastmnist.json shift_only \
         --train_args "--model vit_lsa --dataset breastmnist" --data_dir ../shared/data/medmnist --jobs 2
 
 runs `accelerate launch train.py ... --cross_validation_folds K --cross_validation_fold i` for every fold (each to
 `<runs_dir>/<name>/fold<i>`, skipped when already finished, `--jobs` at a time), then records the setting in the log:
 each fold's search entry (best epoch, validation ACC / AUC at the best epoch and over the last 20 epochs, per-epoch
-AUC; `benchmarks/search_log.py`) and the mean ± std over folds. It prints every setting of the log, with its
+AUC; `experiments/search_log.py`) and the mean ± std over folds. It prints every setting of the log, with its
 fold-by-fold difference from the log's first setting, and draws the mean validation AUC per epoch of each
 (`<log>.png`).
 
@@ -51,6 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_results import ROOT, mean_std_ci, run_in_parallel  # noqa: E402
 from search_log import search_entry  # noqa: E402
+from training.run_records import ALL_RESULTS, read_all_results  # noqa: E402
 
 FIGURES = ("validation_auc_last20_mean", "validation_acc_last20_mean", "validation_auc_at_best",
            "validation_acc_at_best")
@@ -108,7 +109,7 @@ def fold_command(args, fold: int) -> list[str]:
 
 def run_folds(args) -> list[str]:
     """Train every fold not finished yet; returns the failures' reports."""
-    todo = [fold for fold in range(args.folds) if not (fold_dir(args, fold) / "all_results.json").is_file()]
+    todo = [fold for fold in range(args.folds) if not (fold_dir(args, fold) / ALL_RESULTS).is_file()]
     specs = [(fold_command(args, fold), fold_dir(args, fold).with_suffix(".log"), f"{args.name}/fold{fold}")
              for fold in todo]
     return run_in_parallel([specs], args.jobs)
@@ -120,7 +121,7 @@ def setting_record(args) -> dict:
     folds = []
     for fold in range(args.folds):
         entry = search_entry(f"{args.name}/fold{fold}", fold_dir(args, fold))
-        config = json.loads((fold_dir(args, fold) / "all_results.json").read_text())["config"]
+        config = read_all_results(fold_dir(args, fold))["config"]
         if (config.get("cross_validation_folds"), config.get("cross_validation_fold")) != (args.folds, fold):
             raise ValueError(f"{fold_dir(args, fold)} is not fold {fold} of {args.folds} (its config says "
                              f"{config.get('cross_validation_fold')} of {config.get('cross_validation_folds')}).")
@@ -237,7 +238,7 @@ def fold_entries(log: dict, args, name: str) -> list[dict | None]:
     if not run_dir.is_dir():
         raise ValueError(f"--progress: {name} is neither in the log nor a folder of {args.runs_dir}.")
     return [search_entry(f"{name}/fold{fold}", run_dir / f"fold{fold}")
-            if (run_dir / f"fold{fold}" / "all_results.json").is_file() else None for fold in range(args.folds)]
+            if (run_dir / f"fold{fold}" / ALL_RESULTS).is_file() else None for fold in range(args.folds)]
 
 
 def progress_lines(log: dict, args, names: list[str], reference_names: list[str]) -> list[str]:
@@ -309,7 +310,7 @@ def draw_chart(log: dict, path: Path) -> None:
 def read_log(path: Path) -> dict:
     """The log, or an empty one when the file does not exist yet."""
     return json.loads(path.read_text()) if path.is_file() else {
-        "what": "K-fold cross-validation on train + validation (benchmarks/cross_validate.py); no test split",
+        "what": "K-fold cross-validation on train + validation (experiments/cross_validate.py); no test split",
         "settings": []}
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which validation rule picks the best checkpoint? An honest estimate from runs that saved every epoch's predictions.
 
-    python benchmarks/selection_study.py runs/cv-selection/breastmnist-vit_lsa/fold{0,1,2,3,4} \
+    python experiments/selection_study.py runs/cv-selection/breastmnist-vit_lsa/fold{0,1,2,3,4} \
         --output results/selection_study_breastmnist.json
 
 train.py keeps as `best` the epoch with the highest validation AUC (`--selection_metric auc`), and the results table
@@ -35,7 +35,8 @@ from metrics import logits_to_scores, read_epoch_predictions  # noqa: E402
 from metrics.modules.medmnist_definitions import (  # noqa: E402
     MULTI_LABEL, auc_columns, check_inputs, get_acc, get_auc, predict_labels)
 from run_results import mean_std_ci  # noqa: E402
-from train import validation_loss  # noqa: E402
+from training.optimization import validation_loss  # noqa: E402
+from training.run_records import RUN_CONFIG, read_run_config  # noqa: E402
 
 RULES = ("auc", "acc", "loss", "last")
 
@@ -55,12 +56,11 @@ def parse_args(argv=None):
 
 def run_task(run: Path) -> str:
     """The MedMNIST task of a run, from its run_config.json (written by train.py)."""
-    config_path = run / "run_config.json"
-    if not config_path.is_file():
+    if not (run / RUN_CONFIG).is_file():
         raise SystemExit(f"selection_study.py: error: {run} has no run_config.json; is it a train.py output folder?")
     from data import medmnist_info
 
-    return medmnist_info(json.loads(config_path.read_text())["dataset"]).task
+    return medmnist_info(read_run_config(run)["dataset"]).task
 
 
 def stratified_halves(labels: np.ndarray, task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +186,7 @@ def main(argv=None):
     print(markdown(summary, args.reference, len(runs)))
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"command": "python benchmarks/selection_study.py " + " ".join(
+        args.output.write_text(json.dumps({"command": "python experiments/selection_study.py " + " ".join(
             sys.argv[1:] if argv is None else argv), "splits": args.splits, "seed": args.seed,
             "reference": args.reference, "runs": runs, "summary": summary}, indent=2))
 

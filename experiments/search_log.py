@@ -3,15 +3,15 @@
 `results/search_breastmnist.json`: each run's command, resolved recipe, best epoch, validation ACC / AUC at the best
 epoch and averaged over the last 20 epochs, wall-clock, and the per-epoch validation AUC.
 
-    python benchmarks/search_log.py results/search_breastmnist.json J_seed1=runs/search/J-seed1 M_sam=runs/search/M-sam
+    python experiments/search_log.py results/search_breastmnist.json J_seed1=runs/search/J-seed1 M_sam=runs/search/M-sam
 
-A run that evaluated the test split is refused: a search must choose on validation only. `--discard_test` records such
-runs anyway with their test figures dropped unread (`"test_discarded_unread": true`): for sweeps where every run
-ended with its test evaluation (the GPU sessions: one prepared command, no time to rerun) and the setting chosen on
-validation alone is the only one whose test figures are ever read. A name already in the log
-is replaced where it stands. `--summary` then prints, for each setting (the resolved recipe without the seed), the mean ± std over
-its seeds: one run's validation AUC on 78 BreastMNIST images moves by ±0.05 with the seed alone, so settings are
-compared over seeds, never on one run.
+A run that evaluated the test split is refused: a search must choose on validation only. `--discard_test` records
+such runs anyway with their test figures dropped unread (`"test_discarded_unread": true`): for sweeps where every
+run ended with its test evaluation (the GPU sweeps of device_session.sh: one prepared command, no time to rerun) and
+the setting chosen on validation alone is the only one whose test figures are ever read. A name already in the log
+is replaced where it stands. `--summary` then prints, for each setting (the resolved recipe without the seed), the
+mean ± std over its seeds: one run's validation AUC on 78 BreastMNIST images moves by ±0.05 with the seed alone, so
+settings are compared over seeds, never on one run.
 """
 
 import argparse
@@ -19,6 +19,9 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's own modules, when run as a script
+from training.run_records import ALL_RESULTS, read_all_results  # noqa: E402
 
 RESOLVED_KEYS = ("augmentation", "config_overrides", "per_device_train_batch_size", "learning_rate", "weight_decay",
                  "label_smoothing", "num_epochs", "optimizer", "recipe", "sam_rho", "ema_decay", "translate",
@@ -33,10 +36,9 @@ ABSENT_MEANS = {"sam_rho": 0.0, "ema_decay": 0.0, "translate": None, "distillati
 
 
 def search_entry(name: str, run_dir: Path, last: int = 20, discard_test: bool = False) -> dict:
-    results_path = run_dir / "all_results.json"
-    if not results_path.is_file():
+    if not (run_dir / ALL_RESULTS).is_file():
         raise ValueError(f"{run_dir}: no all_results.json (is the run finished?).")
-    results = json.loads(results_path.read_text())
+    results = read_all_results(run_dir)
     tested = results.get("test_metrics") is not None
     if tested and not discard_test:
         raise ValueError(f"{run_dir}: this run evaluated the test split; search runs use train.py --skip_test "

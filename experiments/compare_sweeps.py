@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compare sweeps on the validation split, epoch by epoch and at the chosen epoch, finished or still running.
 
-    python benchmarks/compare_sweeps.py row=runs/blood30-vit-p2-wide mae20=runs/blood30-vit-mae20 \
+    python experiments/compare_sweeps.py row=runs/blood30-vit-p2-wide mae20=runs/blood30-vit-mae20 \
         --plot runs/blood30-vit-mae20/compare.png
 
 A sweep is a folder of runs (a `run_results.py --runs_dir`: one sub-folder per seed). A run counts once it has
@@ -12,18 +12,18 @@ finished, the mean over its runs of the validation metrics at each run's chosen 
 `run_results.py` reports and the adoption rules in docs/experiments.md compare). The test split is never read.
 `--plot` draws the mean curves, with a band from the lowest to the highest run.
 
-Why: a BloodMNIST sweep takes hours on a CPU and outlives a working session; its curves against the sweep it must
-beat say early whether it is on course, and the same table decides it when it ends.
+Why: a BloodMNIST sweep takes hours on a CPU; its curves against the sweep it must beat say early whether it is on
+course, and the same table decides it when it ends.
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.checkpointing import list_checkpoints, read_trainer_state  # noqa: E402
+from training.run_records import ALL_RESULTS, read_all_results  # noqa: E402
 
 METRICS = ("acc", "auc")
 
@@ -31,9 +31,8 @@ METRICS = ("acc", "auc")
 def load_run(run_dir: Path) -> dict | None:
     """{"history": [{"epoch", "metrics"}...], "chosen": validation metrics at the chosen epoch or None (running)}, or
     None for a folder that is not a run (yet)."""
-    results = run_dir / "all_results.json"
-    if results.is_file():
-        finished = json.loads(results.read_text())
+    if (run_dir / ALL_RESULTS).is_file():
+        finished = read_all_results(run_dir)
         return {"history": finished["validation_history"], "chosen": finished["validation_metrics"]}
     checkpoints = list_checkpoints(run_dir)
     if checkpoints:

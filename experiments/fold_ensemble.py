@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How good is an ensemble of cross-validation settings? Their fold models, logits averaged, on each held-out fold.
 
-    python benchmarks/fold_ensemble.py runs/cv/breastmnist-cnn-default runs/cv/breastmnist-cnn-seed1 \
+    python experiments/fold_ensemble.py runs/cv/breastmnist-cnn-default runs/cv/breastmnist-cnn-seed1 \
         runs/cv/breastmnist-cnn-seed2 --checkpoint best
 
 For every fold, loads `<setting>/fold<i>/<checkpoint>` of each setting, rebuilds the fold's held-out images as
@@ -13,7 +13,6 @@ every model alike; `last` is not.)
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,10 +25,11 @@ import data  # noqa: E402
 import metrics  # noqa: E402
 from flip_averaging import held_out_fold  # noqa: E402
 from models.checkpoint_fit import load_for_inference  # noqa: E402
+from training.run_records import RUN_CONFIG, read_run_config, run_split  # noqa: E402
 
 
 def split_of(fold_dir: Path) -> tuple:
-    return data.run_split(json.loads((fold_dir / "run_config.json").read_text()))
+    return run_split(read_run_config(fold_dir))
 
 
 def main(argv=None):
@@ -38,7 +38,7 @@ def main(argv=None):
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--data_dir", default=None, help="The npz folder, if not the runs' own (as flip_averaging).")
     args = parser.parse_args(argv)
-    folds = sorted(path.parent.name for path in args.settings[0].glob("fold*/run_config.json"))
+    folds = sorted(path.parent.name for path in args.settings[0].glob(f"fold*/{RUN_CONFIG}"))
     if not folds:
         sys.exit(f"No fold<i>/run_config.json under {args.settings[0]}: give cross_validate.py setting folders.")
     for setting in args.settings:

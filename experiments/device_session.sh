@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
-# One prepared GPU session: what this CPU-only project cannot measure here, in one command of at most 10 minutes.
+# One prepared command for a GPU machine: what the project cannot measure on a CPU, in at most 10 minutes.
 # STAGES (default "sweep") picks among:
 #   throughput: benchmarks/throughput.py on the GPU (ours vs the vit-pytorch anchor, bf16 and fp32);
 #   seed:       the seed's BloodMNIST ViT + SPT + LSA recipe (50 epochs), timed end to end;
 #   sweep:      BloodMNIST rows (default recipe: vit, vit_conv_lsa × seeds 0 1 2) through
-#               benchmarks/run_results.py, all runs at once on the one GPU (SWEEP_MODELS to choose others: e.g.
+#               experiments/run_results.py, all runs at once on the one GPU (SWEEP_MODELS to choose others: e.g.
 #               SWEEP_MODELS="cnn vit_conv_lsa+distilled" trains the CNN teachers, then the students distilled from
 #               them with DISTILLATION_ARGS, default soft T 2 as on BreastMNIST; TRAIN_ARGS for e.g. --num_epochs 50).
-# Measured on one H200 (session 30, BloodMNIST vit, default geometry, batch 128): the step is bound by kernel launches,
+# Measured on one H200 (2026-12-04, BloodMNIST vit, default geometry, batch 128): the step is bound by kernel launches,
 # not by the GPU: 52 steps/s alone in fp32, 40 in bf16 autocast (its casts are more launches), so PRECISION
 # defaults to fp32 ("no"); 6 runs at once 19-21 steps/s each, 27-32 under MPS (started here when present); 9 at once
 # under MPS about 20 each. A 100-epoch BloodMNIST ViT run is 9,400 steps: six at once (~30 steps/s each) take about
 # 5-6 minutes, nine (~20 each, fewer for the 8-block vit_lsa) more than the sweep's 480 s, and a killed sweep keeps
 # nothing: two models per call.
-# Everything comes back as one archive, $OUT/device_results.tar.gz (the device tool returns at most 8 files).
+# Everything comes back as one archive, $OUT/device_results.tar.gz (one file to copy back from the GPU machine).
 #
-# Before the call, on the development machine, from the repository root (once):
-#   bash benchmarks/device_session.sh --prepare      # wheels the GPU image lacks -> .whl/, the npz files -> .devdata/
-# The call (device tool):  run(command="bash benchmarks/device_session.sh", carry=[".whl", ".devdata"], timeout_s=600)
-# Afterwards, here:  tar xzf <files_at>/device_results.tar.gz -C runs/   then
-#   python benchmarks/run_results.py --collect_only --runs_dir runs/device/runs ...
+# Before, on the development machine, from the repository root (once):
+#   bash experiments/device_session.sh --prepare      # wheels the GPU image lacks -> .whl/, the npz files -> .devdata/
+# On the GPU machine, in a copy of the repository with .whl/ and .devdata/ (at most 600 s; OUT names the folder that
+# is copied back):  bash experiments/device_session.sh
+# Afterwards, on the development machine:  tar xzf <copied back>/device_results.tar.gz -C runs/   then
+#   python experiments/run_results.py --collect_only --runs_dir runs/device/runs ...
 # Budgets (seconds) are environment variables: THROUGHPUT_S, SEED_RECIPE_S, SWEEP_S (480: leave the call's start,
-# the install and the archive time inside the 10 minutes). The image's own torch (2.11 in session 30) is used.
+# the install and the archive time inside the 10 minutes). The image's own torch (2.11 on 2026-12-04) is used.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,7 +84,7 @@ MPS_CONTROL=$(command -v nvidia-cuda-mps-control)
 [ -n "$MPS_CONTROL" ] && "$MPS_CONTROL" -d && echo "MPS on"
 $LAUNCH train.py --model vit --dataset bloodmnist --data_dir .devdata --output_dir "$WORK/cache-warm-up" --report_to none \
     --max_train_steps 1 --skip_test > "$WORK/cache-warm-up.log" 2>&1
-timeout "${SWEEP_S:-480}" $PYTHON benchmarks/run_results.py --datasets bloodmnist --models $SWEEP_MODELS \
+timeout "${SWEEP_S:-480}" $PYTHON experiments/run_results.py --datasets bloodmnist --models $SWEEP_MODELS \
     --seeds 0 1 2 --jobs $(( 3 * $(wc -w <<< "$SWEEP_MODELS") )) --data_dir .devdata --runs_dir "$WORK/runs" --results_dir "$WORK/results" \
     --launch "$LAUNCH" --train_args "--report_to none --checkpoints_total_limit 1 ${TRAIN_ARGS:-} $EXTRA" \
     --distillation_args "${DISTILLATION_ARGS:---distillation_type soft --distillation_temperature 2}" 2>&1 | tail -n 40

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run datasets × models × seeds through `accelerate launch train.py` and write the results table.
 
-    python benchmarks/run_results.py --data_dir ../shared/data/medmnist \
+    python experiments/run_results.py --data_dir ../shared/data/medmnist \
         --datasets breastmnist bloodmnist --models cnn vit vit_lsa vit_conv_lsa --seeds 0 1 2
 
 A model name with the suffix `+distilled` (e.g. `vit_lsa+distilled`) trains that model distilled from the sweep's own
@@ -11,7 +11,8 @@ mean of their logits). Those runs start after every plain run has finished.
 
 Each run goes to `<runs_dir>/<dataset>-<model>-seed<k>` and is skipped when its `all_results.json` already exists,
 so an interrupted sweep continues where it stopped; with `--resume`, an interrupted run also continues from its newest
-checkpoint (`train.py --resume_from_checkpoint latest`) instead of starting again: long runs can span sessions.
+checkpoint (`train.py --resume_from_checkpoint latest`) instead of starting again: a long run can be stopped and
+continued.
 Afterwards (or with `--collect_only`) it writes
 `results/results.json` (every run's test and validation metrics), `results/RESULTS.md` (mean ± std over seeds with a
 95% t-interval, the seed notebooks' figures and the published references beside them) and `results/results.png`.
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's own modules, when run as a script
 from training.checkpointing import has_checkpoint  # noqa: E402
 from training.hardware import describe_hardware  # noqa: E402
+from training.run_records import ALL_RESULTS, read_all_results  # noqa: E402
 
 # The replaced notebooks' test accuracy (../shared/REFERENCE.md).
 SEED_TABLE = {
@@ -142,7 +144,7 @@ def run_all(args) -> list[str]:
     for dataset in args.datasets:
         for model in args.models:
             for seed in args.seeds:
-                if (Path(args.runs_dir) / run_name(dataset, model, seed) / "all_results.json").is_file():
+                if (Path(args.runs_dir) / run_name(dataset, model, seed) / ALL_RESULTS).is_file():
                     print(f"[skip] {run_name(dataset, model, seed)}: already done", flush=True)
                 else:
                     todo.append((dataset, model, seed))
@@ -192,9 +194,9 @@ def collect(args) -> dict:
         for model in args.models:
             runs = []
             for seed in args.seeds:
-                path = Path(args.runs_dir) / run_name(dataset, model, seed) / "all_results.json"
+                path = Path(args.runs_dir) / run_name(dataset, model, seed) / ALL_RESULTS
                 if path.is_file():
-                    result = json.loads(path.read_text())
+                    result = read_all_results(path.parent)
                     if result.get("test_metrics") is None:  # a --skip_test (search) run: not a result
                         print(f"[ignored] {path.parent.name}: no test metrics (--skip_test run)", flush=True)
                         continue
@@ -223,7 +225,7 @@ def collect(args) -> dict:
 
 def this_command(argv=None) -> str:
     arguments = sys.argv[1:] if argv is None else argv
-    return shlex.join([sys.executable.split("/")[-1], "benchmarks/run_results.py", *arguments])
+    return shlex.join([sys.executable.split("/")[-1], "experiments/run_results.py", *arguments])
 
 
 def update_rows(previous: dict, fresh: dict) -> dict:
@@ -249,7 +251,7 @@ def results_markdown(results: dict) -> str:
         "# Results",
         "",
         "Test split of the official 28×28 MedMNIST files, each run's model chosen on the validation split, mean ± std",
-        "over seeds with a 95% t-interval over seeds. Written by `benchmarks/run_results.py`"
+        "over seeds with a 95% t-interval over seeds. Written by `experiments/run_results.py`"
         + (":" if len(results["commands"]) == 1 else " (the later commands with `--update`):"),
         "",
         "```",
