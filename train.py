@@ -9,7 +9,7 @@ Each epoch validates on the validation split (ACC / AUC as MedMNIST defines them
 `--selection_metric` goes to `output_dir/best`, the latest to `output_dir/last` (both `save_pretrained` folders with
 their image processor); at the end `best` is evaluated once on the test split and everything is written to
 `output_dir/all_results.json`. Unset training arguments come from the recipe (`--recipe`, recipes/*.yaml); training
-methods (distillation, MAE pre-training, SAM, EMA) are plug-ins (training/methods). Mixed precision comes from
+methods are plug-ins (training/methods), each with its own group of arguments below. Mixed precision comes from
 accelerate (`accelerate launch --mixed_precision bf16`).
 """
 
@@ -152,7 +152,7 @@ def main(argv=None, methods=None):
         sys.exit(2)
     prepare_inputs(run, dataset)
 
-    # 4. Stages before supervised training (e.g. MAE pre-training); a resumed supervised run has them behind it.
+    # 4. The methods' stages before supervised training; a resumed supervised run has them behind it.
     if checkpoint is None:
         method_list.before_training(run)
 
