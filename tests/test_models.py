@@ -187,8 +187,7 @@ def test_vit_conv_lsa_is_the_convolutional_tokenizer_with_lsa_at_every_default_g
     assert model.config.use_locality_self_attention and not model.config.use_shifted_patch_tokenization
     assert model.config.num_patches == 81
     for image_size in (28, 64, 128, 224):  # every MedMNIST resolution, at the default recipe's geometry
-        geometry = dict(item.split("=") for item in native_geometry("vit_conv_lsa", image_size).split(","))
-        config = models.build_config("vit_conv_lsa", 1, 2, **{k: int(v) for k, v in geometry.items()})
+        config = models.build_config("vit_conv_lsa", 1, 2, **native_geometry("vit_conv_lsa", image_size))
         assert config.image_size == image_size and 7 <= config.image_size // config.patch_size <= 14
 
 
