@@ -233,7 +233,11 @@ def index_loader(
         raise ValueError("repeats (repeated augmentation) is for shuffled training loaders only.")
     dataset = IndexDataset(num_samples)
     sampler = EpochShuffleSampler(dataset, seed, repeats) if shuffle else torch.utils.data.SequentialSampler(dataset)
-    return IndexLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0)
+    # A generator of its own: a DataLoader draws a base seed each time an iterator is made, from the global RNG when
+    # it has none, which would make every later augmentation depend on how many iterators a run has created (a
+    # resumed run makes one more, for skipping the batches it has already seen).
+    return IndexLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0,
+                       generator=torch.Generator().manual_seed(seed))
 
 
 class IndexLoader(DataLoader):

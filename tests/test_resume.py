@@ -1,0 +1,69 @@
+"""Exact resume from any checkpoint, mid-epoch included: a real run killed with SIGKILL right after a mid-epoch
+checkpoint and resumed with `--resume_from_checkpoint latest` ends with the straight run's validation history, test
+metrics and weights, to the bit (CPU). Also with a training method that keeps state (EMA)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.checkpointing import list_checkpoints, read_trainer_state
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+KILL_AFTER = 5  # with 96 images in batches of 32: 3 updates an epoch, so step 5 is the middle of epoch 2
+
+
+def command(data_dir, output_dir, *extra):
+    return [sys.executable, "train.py", "--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(data_dir),
+            "--no_verify_checksum", "--output_dir", str(output_dir), "--num_epochs", "7",
+            "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--checkpointing_steps",
+            str(KILL_AFTER), "--checkpoints_total_limit", "10", "--report_to", "none", "--augmentation", "seed",
+            *extra]
+
+
+def kill_after_checkpoint(cmd, output_dir: Path, step: int) -> None:
+    """Start the run, SIGKILL it as soon as checkpoint `step` is complete; then keep only what a kill right at that
+    moment would have left (a later checkpoint the run may have finished in the meantime is removed)."""
+    process = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = output_dir / "checkpoints" / f"step_{step}" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.is_file():
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not (output_dir / "all_results.json").exists(), "the run finished before it could be killed"
+    for checkpoint in list_checkpoints(output_dir):
+        if int(checkpoint.name.split("_")[1]) > step:
+            shutil.rmtree(checkpoint)
+
+
+@pytest.mark.parametrize("method", [[], ["--ema_decay", "0.8"]], ids=["plain", "ema"])
+def test_sigkill_after_a_mid_epoch_checkpoint_then_resume_ends_like_the_straight_run(data_dir, tmp_path, method):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(command(data_dir, straight, *method), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    kill_after_checkpoint(command(data_dir, killed, *method), killed, KILL_AFTER)
+    state = read_trainer_state(list_checkpoints(killed)[-1])
+    assert (state["global_step"], state["epoch"], state["batches_in_epoch"]) == (KILL_AFTER, 1, 2)  # mid-epoch
+    result = subprocess.run(command(data_dir, killed, *method, "--resume_from_checkpoint", "latest"), cwd=ROOT,
+                            env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, resumed = (json.loads((run / "all_results.json").read_text()) for run in (straight, killed))
+    assert resumed["validation_history"] == expected["validation_history"]
+    assert resumed["test_metrics"] == expected["test_metrics"]
+    assert resumed["global_step"] == expected["global_step"] == 21
+    for folder in ("best", "last"):
+        a, b = (load_file(run / folder / "model.safetensors") for run in (straight, killed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
