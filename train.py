@@ -31,7 +31,7 @@ from training.arguments import augmentation_config, parse_arguments, public_conf
 from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPusher, redact_argv
 from training.optimization import build_optimizer, build_scheduler
-from training.run_records import write_run_config
+from training.run_records import check_output_dir, clear_run_folder, write_run_config
 from training.trainer import NonFiniteLossError, Run, Trainer, resolve_resume
 
 logger = logging.getLogger("train")
@@ -65,6 +65,17 @@ def load_data(args):
     return dataset, data.medmnist_info(dataset)
 
 
+def take_output_dir(accelerator, args, output_dir: Path) -> None:
+    """Once every process has checked the folder: empty it if asked to, and record the run's arguments in it."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if args.overwrite_output_dir:
+            clear_run_folder(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(output_dir, public_config(args))
+    accelerator.wait_for_everyone()
+
+
 def prepare_inputs(run: Run, dataset) -> None:
     """Each split as one uint8 tensor on the device; normalisation, the train / eval transforms, the processor."""
     device, channels = run.accelerator.device, run.info.num_channels
@@ -81,12 +92,9 @@ def prepare_inputs(run: Run, dataset) -> None:
 
 
 def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
-    """run_config.json, TensorBoard (with a grid of augmented training images), the Hub pusher, the run's command,
-    and what the run will do, in the log."""
+    """TensorBoard (with a grid of augmented training images), the Hub pusher, the run's command, and what the run
+    will do, in the log."""
     run, args, accelerator = trainer.run, trainer.args, trainer.accelerator
-    run.output_dir.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        write_run_config(run.output_dir, config)
     if args.report_to != "none":
         # TensorBoard's hparams take scalars only: lists and mappings go in as JSON text.
         accelerator.init_trackers(run.output_dir.name, config={
@@ -145,11 +153,13 @@ def main(argv=None, methods=None):
                                    problem_type=info.problem_type, **args.config_overrides)
         run = Run(args, accelerator, output_dir, info, model, augmentation=augmentation_config(args))
         method_list = training_methods.build_methods(args, methods)
+        check_output_dir(output_dir, public_config(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir)
         checkpoint, resumed_state = resolve_resume(run, method_list)
         method_list.check(run)
     except ValueError as error:
         accelerator.print(f"train.py: error: {error}")
         sys.exit(2)
+    take_output_dir(accelerator, args, output_dir)
     prepare_inputs(run, dataset)
 
     # 4. The methods' stages before supervised training; a resumed supervised run has them behind it.

@@ -67,3 +67,50 @@ def test_sigkill_after_a_mid_epoch_checkpoint_then_resume_ends_like_the_straight
     for folder in ("best", "last"):
         a, b = (load_file(run / folder / "model.safetensors") for run in (straight, killed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def quick(data_dir, output_dir, *extra):
+    return [*command(data_dir, output_dir, *extra), "--max_train_steps", "2", "--checkpointing_steps", "epoch",
+            "--skip_test"]
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_a_run_folder_belongs_to_one_run(data_dir, tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(quick(data_dir, run), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    before = snapshot(run)
+
+    def refused(*extra, folder=run):
+        result = subprocess.run(quick(data_dir, folder, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert snapshot(run) == before  # nothing touched
+        return result.stdout
+
+    # Another run into the same folder: refused, with the ways out.
+    assert "already holds a run" in refused("--seed", "7") and "--overwrite_output_dir" in refused("--seed", "7")
+    # Resuming with arguments that change the result: refused, naming each difference.
+    message = refused("--seed", "7", "--learning_rate", "0.01", "--resume_from_checkpoint", "latest")
+    assert "--seed 42 there, 7 here" in message and "--learning_rate 0.001 there, 0.01 here" in message
+    # A file where the folder should be, and a folder that cannot be written.
+    (tmp_path / "a_file").write_text("x")
+    assert "is not a folder" in refused(folder=tmp_path / "a_file")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if not os.access(locked, os.W_OK):  # root may write anywhere
+        assert "not writable" in refused(folder=locked / "run")
+    # The same run resumes; --overwrite_output_dir replaces the old run entirely.
+    result = subprocess.run(quick(data_dir, run, "--resume_from_checkpoint", "latest", "--logging_steps", "1"),
+                            cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    subprocess.run(quick(data_dir, run, "--seed", "7", "--overwrite_output_dir"), cwd=ROOT, env=ENV, check=True,
+                   capture_output=True)
+    assert json.loads((run / "run_config.json").read_text())["seed"] == 7
+    assert [p.name for p in list_checkpoints(run)] == ["step_2"]
+    # A folder with files train.py did not write is never emptied.
+    (run / "notes.txt").write_text("mine")
+    before = snapshot(run)
+    assert "did not write" in refused("--overwrite_output_dir")

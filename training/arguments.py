@@ -115,7 +115,10 @@ class TrainingArguments:
 @dataclasses.dataclass
 class OutputArguments:
     _argument_group_name = "outputs, tracking, checkpoints and the Hub"
-    output_dir: str | None = arg(None, "Default: runs/<dataset>-<model>-<time>.")
+    output_dir: str | None = arg(None, "Default: runs/<dataset>-<model>-<time>. A folder holding another run is "
+                                       "refused (see --resume_from_checkpoint, --overwrite_output_dir).")
+    overwrite_output_dir: bool = arg(False, "Replace the run an --output_dir holds (what train.py wrote there is "
+                                            "removed first).")
     report_to: str = arg("tensorboard", "accelerate tracker(s): tensorboard, all, or none.")
     logging_steps: int = arg(10, "Log the training loss every N updates.")
     checkpointing_steps: str = arg("epoch", "Save the training state every N steps, or 'epoch'.")

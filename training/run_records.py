@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -87,9 +88,76 @@ def _write_record(path: Path, text: str) -> Path:
     return path
 
 
+# What train.py writes into a run folder (and evaluate.py beside a run's models): all that --overwrite_output_dir
+# may remove. A folder holding anything else is not a run folder and is never emptied.
+RUN_FOLDER_ENTRIES = (RUN_CONFIG, ALL_RESULTS, "best", "last", "checkpoints", "runs", "validation_predictions",
+                      ".hub_staging", ".tmp-*", "*-eval-*")
+# Arguments that do not change what a run computes: a resumed run may differ from its recorded one in these only.
+OUTCOME_NEUTRAL = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "data_dir", "report_to",
+                   "logging_steps", "checkpointing_steps", "checkpoints_total_limit", "save_validation_predictions",
+                   "per_device_eval_batch_size", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"}
+
+
+def _json_value(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_output_dir(output_dir, config: dict, resume: bool, overwrite: bool) -> None:
+    """Whether `output_dir` may take this run; ValueError saying why not and what to do.
+
+    A folder belongs to one run: an empty or new folder is taken; one that already holds a run only to resume that
+    same run (`resume`: its run_config.json must match `config` in every argument that changes the result) or, with
+    `overwrite`, to replace it (`clear_run_folder`)."""
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output_dir {folder} exists and is not a folder: pass the folder the run should write to.")
+    existing = sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
+    if existing and overwrite:
+        foreign = [name for name in existing if not any(Path(name).match(pattern) for pattern in RUN_FOLDER_ENTRIES)]
+        if foreign:
+            raise ValueError(f"--overwrite_output_dir: {folder} holds {', '.join(foreign[:5])}, which train.py did not "
+                             "write; it empties run folders only. Pass another --output_dir.")
+    elif existing and not resume:
+        raise ValueError(f"--output_dir {folder} already holds a run ({', '.join(existing[:6])}). Continue it with "
+                         "--resume_from_checkpoint latest, pass another --output_dir, or --overwrite_output_dir to "
+                         "replace it.")
+    elif existing:
+        if not (folder / RUN_CONFIG).is_file():
+            raise ValueError(f"--resume_from_checkpoint: {folder} has no {RUN_CONFIG}, so nothing shows which run it "
+                             "holds. Pass another --output_dir.")
+        recorded, current = read_run_config(folder), _json_value(config)
+        differences = [f"--{key} {recorded[key]!r} there, {current[key]!r} here" for key in sorted(current)
+                       if key in recorded and key not in OUTCOME_NEUTRAL and recorded[key] != current[key]]
+        if differences:
+            raise ValueError(f"--resume_from_checkpoint: the run recorded in {folder / RUN_CONFIG} was made with other "
+                             f"arguments: {'; '.join(differences)}. Resume it with its own arguments (`python "
+                             f"train.py {folder / RUN_CONFIG} --resume_from_checkpoint latest` replays them), or "
+                             "start a new --output_dir.")
+    _check_writable(folder)
+
+
+def _check_writable(folder: Path) -> None:
+    """The folder, or the nearest existing folder above it, accepts new files."""
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {folder}: {existing} is not writable. Pass a folder you can write to.")
+
+
+def clear_run_folder(output_dir) -> None:
+    """Remove what a previous run wrote into `output_dir` (only entries `RUN_FOLDER_ENTRIES` names)."""
+    folder = Path(output_dir)
+    for entry in folder.iterdir() if folder.is_dir() else []:
+        if any(Path(entry.name).match(pattern) for pattern in RUN_FOLDER_ENTRIES):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 __all__ = [
     "ALL_RESULTS",
+    "OUTCOME_NEUTRAL",
     "RUN_CONFIG",
+    "RUN_FOLDER_ENTRIES",
+    "check_output_dir",
+    "clear_run_folder",
     "read_all_results",
     "read_run_config",
     "run_split",
