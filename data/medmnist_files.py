@@ -251,7 +251,8 @@ def verify_npz_checksum(
     raise MedMNISTDataError(
         f"MD5 mismatch for {path}: expected {expected} (medmnist.INFO[{flag!r}]), got {actual} "
         f"({path.stat().st_size} bytes). The file is truncated, corrupt or not the official release. "
-        + repair_hint(path, flag, size) + ", or pass verify_checksum=False to use it anyway."
+        + repair_hint(path, flag, size) + ", or skip the check to use it anyway (--no_verify_checksum on the command "
+        "line, verify_checksum=False in Python)."
     )
 
 

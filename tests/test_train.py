@@ -246,6 +246,14 @@ def train_in_process(argv, capsys) -> tuple[int, str]:
         (["--model", "cnn", "--translate", "1.5"], "translate must be in [0, 1], got 1.5"),
         (["--model", "cnn", "--zoom", "1"], "zoom must be in [0, 1), got 1.0"),
         (["--model", "cnn", "--rotation_degrees", "-5"], "rotation_degrees must be >= 0, got -5.0"),
+        (["--model", "cnn", "--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1"),
+        (["--model", "cnn", "--per_device_eval_batch_size", "-1"], "--per_device_eval_batch_size must be at least 1"),
+        (["--model", "cnn", "--num_epochs", "0"], "--num_epochs must be at least 1, got 0"),
+        (["--model", "cnn", "--num_epochs", "-1"], "--num_epochs must be at least 1, got -1"),
+        (["--model", "cnn", "--max_train_steps", "0"], "--max_train_steps must be at least 1"),
+        (["--model", "cnn", "--logging_steps", "0"], "--logging_steps must be at least 1"),
+        (["--model", "cnn", "--checkpointing_steps", "0"], "--checkpointing_steps must be a number of steps (>= 1)"),
+        (["--model", "cnn", "--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1"),
     ],
 )
 def test_bad_arguments_fail_before_writing_anything(data_dir, tmp_path, capsys, args, message):
