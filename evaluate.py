@@ -4,8 +4,9 @@
     accelerate launch evaluate.py --model_name_or_path runs/<run>/best --dataset breastmnist
     python evaluate.py --model_name_or_path user/medmnist-vit --dataset bloodmnist --split validation
 
-The checkpoint is any `save_pretrained` folder of this project (or its Hub id): the model loads with
-`from_pretrained(trust_remote_code=True)`, its image processor gives the input size and normalisation. A checkpoint
+The checkpoint is any `save_pretrained` folder of this project (or its Hub id): the model loads with the installed
+model code (never the copy a checkpoint ships; another model type's code runs only with `--trust_remote_code`), its
+image processor gives the input size and normalisation. A checkpoint
 whose channels, input size or labels do not fit the data set is refused before any inference.
 
 Writes to `--output_dir` (default `<checkpoint>-eval-<split>` beside the checkpoint, or `./eval-<dataset>-<split>`
@@ -65,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--model_name_or_path", required=True,
         help="A checkpoint folder saved by this project (save_pretrained + image processor) or its Hub model id.")
     add("--revision", default=None, help="Branch, tag or commit of a Hub checkpoint (default: main).")
+    add("--trust_remote_code", action="store_true",
+        help="Allow a checkpoint of another model type whose code comes with it (that code runs). This project's own "
+             "model types load with the installed code and never need it.")
     add("--dataset", required=True, help="MedMNIST 2D flag, e.g. breastmnist, bloodmnist.")
     add("--split", default="test", choices=[*SPLITS, *SPLIT_ALIASES], help="Split to evaluate (default: test).")
     add("--data_dir", default=None, help="Folder with the MedMNIST npz files (default: $MEDMNIST_DATA_DIR, then "
@@ -112,6 +116,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.output_dir = Path(args.output_dir).expanduser() if args.output_dir else default_output
     if args.output_dir.exists() and not args.output_dir.is_dir():
         parser.error(f"--output_dir {args.output_dir} exists and is not a folder.")
+    nearest = next(path for path in (args.output_dir, *args.output_dir.absolute().parents) if path.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        parser.error(f"--output_dir {args.output_dir}: {nearest} is not writable; pass a folder you can write to "
+                     "(checked before the inference, not after it).")
     return args
 
 
@@ -168,7 +176,8 @@ def main(argv=None) -> dict | None:
         dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
                                      verify_checksum=not args.no_verify_checksum)
     info = data.medmnist_info(dataset)
-    checkpoint = load_for_inference(args.model_name_or_path, info, args.revision)
+    checkpoint = load_for_inference(args.model_name_or_path, info, args.revision,
+                                    trust_remote_code=args.trust_remote_code)
     metrics.load_metrics(info.task)  # the local evaluate modules, on every process: a loading problem shows up now
 
     # 2. The model (no DDP wrapper: inference needs no gradient synchronisation) and the processor's transform.

@@ -10,16 +10,30 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClass
                           PreTrainedModel)
 
 
+from .configuration_cnn import MedCNNConfig
+from .configuration_vit import MedViTConfig
+
+MODEL_TYPES = (MedCNNConfig.model_type, MedViTConfig.model_type)  # registered with the Auto classes by `models`
+
+
 class CheckpointError(ValueError):
     """The checkpoint cannot be loaded, or does not fit the data set; the message says why."""
 
 
-def load_checkpoint_description(name_or_path: str, revision: str | None):
-    """(config, image processor) of a checkpoint: everything the fit check needs, without loading the weights."""
+def load_checkpoint_description(name_or_path: str, revision: str | None, trust_remote_code: bool = False):
+    """(config, image processor) of a checkpoint: everything the fit check needs, without loading the weights.
+
+    This project's model types load with the installed code, never with the copy a checkpoint ships; any other
+    model type whose code comes with the checkpoint is refused unless `trust_remote_code` (that code would run)."""
     try:
-        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=True)
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision)
     except (OSError, ValueError) as error:  # not found, offline without a cached copy, no processor saved, ...
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise CheckpointError(
+                f"The checkpoint {name_or_path!r} is not one of this project's model types ({', '.join(MODEL_TYPES)}) "
+                "and its code comes with it: loading it would run that code. Pass --trust_remote_code only if you "
+                "trust where it came from.") from None
         raise CheckpointError(f"Cannot load the checkpoint {name_or_path!r}: {error}") from error
     return config, processor
 
@@ -80,7 +94,7 @@ class InferenceCheckpoint:
 
     Args:
         config: the checkpoint's config.
-        model: the model (`from_pretrained(trust_remote_code=True)`), on the CPU, in eval mode.
+        model: the model, on the CPU, in eval mode.
         image_size: the side, in pixels, of the square inputs it takes (the processor's resize, else the file's size).
         mean, std: the per-channel normalisation `(x - mean) / std` of [0, 1] pixels it was trained with.
     """
@@ -92,12 +106,14 @@ class InferenceCheckpoint:
     std: list[float]
 
 
-def load_for_inference(name_or_path: str, info, revision: str | None = None,
-                       name: str | None = None) -> InferenceCheckpoint:
+def load_for_inference(name_or_path: str, info, revision: str | None = None, name: str | None = None,
+                       trust_remote_code: bool = False) -> InferenceCheckpoint:
     """Check that the checkpoint fits the data set `info` describes (`CheckpointError` lists every way it does not),
-    then load its weights. `name` is how error messages call it (default: "The checkpoint '<name_or_path>'")."""
-    config, processor = load_checkpoint_description(name_or_path, revision)
+    then load its weights. `name` is how error messages call it (default: "The checkpoint '<name_or_path>'");
+    `trust_remote_code`: see `load_checkpoint_description`."""
+    config, processor = load_checkpoint_description(name_or_path, revision, trust_remote_code)
     check_checkpoint_fits(config, processor, info, name=name or f"The checkpoint {name_or_path!r}")
-    model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision, trust_remote_code=True)
+    model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision,
+                                                            trust_remote_code=trust_remote_code)
     height, _, mean, std = processor_geometry(processor)
     return InferenceCheckpoint(config, model.eval(), height or info.size, mean, std)

@@ -46,6 +46,8 @@ class ModelArguments:
     model: str = arg("vit_lsa", "Model family.", choices=models.MODEL_NAMES)
     config_overrides: str | None = arg(None, "Model config fields, e.g. 'image_size=28,patch_size=4' (or a mapping in "
                                              "a config file). Applied after the recipe's.")
+    trust_remote_code: bool = arg(False, "Allow loading models (e.g. teachers) of other model types whose code comes "
+                                         "with the checkpoint: that code runs. This project's own types never need it.")
 
 
 @dataclasses.dataclass

@@ -134,7 +134,15 @@ def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / TRAINER_STATE).read_text())
+    path = Path(checkpoint) / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read ({type(error).__name__}: {error}): the checkpoint is damaged. "
+                         "Resume from an older checkpoint (pass its folder) or start a new --output_dir.") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a trainer state: the checkpoint is damaged.")
+    return state
 
 
 def read_best_weights(checkpoint: Path) -> dict[str, torch.Tensor] | None:
@@ -146,3 +154,27 @@ def read_method_states(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
     """{method name: tensors} of the training methods' states saved in a checkpoint."""
     return {path.name[len(METHOD_STATE_PREFIX):-len(".safetensors")]: load_file(path)
             for path in sorted(Path(checkpoint).glob(f"{METHOD_STATE_PREFIX}*.safetensors"))}
+
+
+def check_checkpoint_files(checkpoint: Path, num_processes: int) -> None:
+    """Refuse (ValueError naming the file) a checkpoint that lacks a file resuming needs or holds one that does not
+    load as plain tensors and numbers. Pickled files are read the restricted way (`weights_only`): a file that would
+    run code when unpickled is refused, never executed. accelerate itself only logs a missing random state and goes
+    on, which would change every later random draw."""
+    from accelerate.utils import load
+
+    checkpoint = Path(checkpoint)
+    needed = ["model.safetensors", "optimizer.bin", "scheduler.bin",
+              *(f"random_states_{index}.pkl" for index in range(num_processes))]
+    optional = [path.name for path in sorted(checkpoint.glob("*.safetensors")) if path.name not in needed]
+    for name in [*needed, *optional]:
+        path = checkpoint / name
+        if not path.is_file():
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: {name} is missing, so the run cannot continue "
+                             "exactly. Resume from an older checkpoint (pass its folder) or start a new --output_dir.")
+        try:
+            load_file(path) if name.endswith(".safetensors") else load(path, map_location="cpu")
+        except Exception as error:  # noqa: BLE001 - UnpicklingError, SafetensorError, EOFError, RuntimeError, ...
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: {name} cannot be loaded safely "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); it is damaged or holds "
+                             "more than tensors. Resume from an older checkpoint or start a new --output_dir.") from None

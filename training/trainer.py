@@ -28,8 +28,8 @@ import data
 import metrics
 from metrics.plots import confusion_matrix_figure
 
-from .checkpointing import (read_best_weights, read_method_states, read_trainer_state, resolve_checkpoint,
-                            save_checkpoint)
+from .checkpointing import (check_checkpoint_files, read_best_weights, read_method_states, read_trainer_state,
+                            resolve_checkpoint, save_checkpoint)
 from .methods import Batch, MethodList, OptimizerStep
 from .optimization import training_loss, validation_loss
 from .run_records import write_all_results
@@ -100,6 +100,7 @@ def resolve_resume(run: Run, methods: MethodList) -> tuple[Path | None, dict | N
     run.seconds_before_resuming = state.get("wall_clock_seconds", 0.0)
     stage = state.get("stage")
     if stage is None:
+        check_checkpoint_files(checkpoint, run.accelerator.num_processes)
         return checkpoint, state
     method = methods.by_name(stage)
     if method is None:

@@ -35,8 +35,9 @@ class Teacher:
             `CheckpointError` says how it does not.
     """
 
-    def __init__(self, name_or_path: str, info):
-        checkpoint = load_for_inference(name_or_path, info, name=f"The teacher {name_or_path!r}")
+    def __init__(self, name_or_path: str, info, trust_remote_code: bool = False):
+        checkpoint = load_for_inference(name_or_path, info, name=f"The teacher {name_or_path!r}",
+                                        trust_remote_code=trust_remote_code)
         self.model = checkpoint.model.requires_grad_(False)
         self.image_size, self.mean, self.std = checkpoint.image_size, checkpoint.mean, checkpoint.std
         self.scale = self.shift = None
@@ -67,10 +68,10 @@ class TeacherEnsemble:
         info: the `MedMNISTInfo` of the data set, which every teacher must fit.
     """
 
-    def __init__(self, names_or_paths: list[str], info):
+    def __init__(self, names_or_paths: list[str], info, trust_remote_code: bool = False):
         if not names_or_paths:
             raise ValueError("--teacher_model_name_or_path needs at least one trained model.")
-        self.members = [Teacher(name_or_path, info) for name_or_path in names_or_paths]
+        self.members = [Teacher(name_or_path, info, trust_remote_code) for name_or_path in names_or_paths]
 
     def adapt_inputs(self, student_mean, student_std, device: torch.device) -> "TeacherEnsemble":
         for member in self.members:
@@ -171,7 +172,8 @@ class Distillation(TrainingMethod):
             for teacher in self.teachers:
                 check_teacher_held_out_the_same_fold(teacher, args.dataset, args.cross_validation_folds,
                                                      args.cross_validation_fold, args.cross_validation_split_seed)
-        self.teacher = TeacherEnsemble(self.teachers, run.info)  # a teacher that does not fit the data: ValueError
+        # A teacher that does not fit the data, or whose code would have to run: ValueError.
+        self.teacher = TeacherEnsemble(self.teachers, run.info, run.args.trust_remote_code)
         self.multilabel = run.info.is_multilabel
 
     def setup(self, run) -> None:
