@@ -5,12 +5,14 @@ Shared by `evaluate.py` (the model under evaluation), `train.py` (a distillation
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedConfig,
                           PreTrainedModel)
 
 
 from .configuration_cnn import MedCNNConfig
+from .integrity import has_manifest, verify_manifest
 from .configuration_vit import MedViTConfig
 
 MODEL_TYPES = (MedCNNConfig.model_type, MedViTConfig.model_type)  # registered with the Auto classes by `models`
@@ -111,6 +113,12 @@ def load_for_inference(name_or_path: str, info, revision: str | None = None, nam
     """Check that the checkpoint fits the data set `info` describes (`CheckpointError` lists every way it does not),
     then load its weights. `name` is how error messages call it (default: "The checkpoint '<name_or_path>'");
     `trust_remote_code`: see `load_checkpoint_description`."""
+    local = Path(name_or_path)
+    if local.is_dir() and has_manifest(local):  # saved by this project: every file as it was written
+        try:
+            verify_manifest(local, name or f"The checkpoint {name_or_path!r}")
+        except ValueError as error:
+            raise CheckpointError(f"{error} Retrain, or restore the folder from a copy.") from None
     config, processor = load_checkpoint_description(name_or_path, revision, trust_remote_code)
     check_checkpoint_fits(config, processor, info, name=name or f"The checkpoint {name_or_path!r}")
     model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision,

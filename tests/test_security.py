@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from models.integrity import write_manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -58,10 +60,11 @@ def test_a_planted_or_missing_checkpoint_file_is_refused_and_never_run(finished_
         (checkpoint / name).unlink()
     else:
         (checkpoint / name).write_bytes(pickle.dumps({"state": Payload(marker)}))
+    write_manifest(checkpoint)  # as a forger would: the checksums alone would have caught it
     import train as train_script  # in this process: the refusal comes before any training, so this is quick
 
     with pytest.raises(SystemExit) as exit_info:
-        train_script.main(train_argv(data_dir, run, "--resume_from_checkpoint", "latest"))
+        train_script.main(train_argv(data_dir, run, "--resume_from_checkpoint", str(checkpoint)))
     output = capsys.readouterr().out
     assert not marker.exists(), "a payload in the checkpoint ran"
     assert exit_info.value.code == 2
@@ -71,6 +74,7 @@ def test_a_planted_or_missing_checkpoint_file_is_refused_and_never_run(finished_
 def ship_marker(folder: Path, marker: Path) -> None:
     for code in folder.glob("*.py"):  # the code a saved model carries for other installations
         code.write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + code.read_text())
+    write_manifest(folder)  # a forged folder whose checksums match: the loading rules alone must keep the code out
 
 
 def test_shipped_code_never_runs_for_the_projects_own_model_types(finished_run, data_dir, tmp_path):
@@ -100,3 +104,40 @@ def test_another_model_type_with_shipped_code_needs_trust_remote_code(finished_r
     assert teacher.returncode == 2 and "--trust_remote_code" in teacher.stdout
     assert not (tmp_path / "student").exists()
     assert not marker.exists(), "the checkpoint's code ran without --trust_remote_code"
+
+
+def damage(path: Path) -> None:
+    """A 4 KiB block of zeros in the middle of a file (its size unchanged)."""
+    content = bytearray(path.read_bytes())
+    middle = len(content) // 2
+    content[middle: middle + 4096] = bytes(min(4096, len(content) - middle))
+    path.write_bytes(bytes(content))
+
+
+def test_a_damaged_model_folder_is_refused_naming_the_file(finished_run, data_dir, tmp_path):
+    model = tmp_path / "best"
+    shutil.copytree(finished_run / "best", model)
+    assert (model / "manifest.sha256.json").is_file()
+    damage(model / "model.safetensors")
+    result = subprocess.run([sys.executable, "evaluate.py", "--model_name_or_path", str(model), "--dataset",
+                             "breastmnist", "--data_dir", str(data_dir), "--no_verify_checksum"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "model.safetensors is damaged" in result.stderr
+    assert not (tmp_path / "best-eval-test").exists()
+
+
+def test_latest_skips_a_damaged_checkpoint_and_says_so(finished_run, data_dir, tmp_path, capsys, caplog):
+    import train as train_script
+    from training.checkpointing import list_checkpoints, resolve_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    older, newest = list_checkpoints(run)[-2:]
+    damage(newest / "optimizer.bin")
+    assert resolve_checkpoint("latest", run) == older
+    assert f"skipping {newest.name}: " in caplog.text and "optimizer.bin is damaged" in caplog.text
+    with pytest.raises(ValueError, match="optimizer.bin is damaged"):
+        resolve_checkpoint(str(newest), run)  # named explicitly: refused, not replaced
+    # A folder that lost its manifest (a save cut short before its last file) is not a checkpoint at all.
+    (older / "manifest.sha256.json").unlink()
+    assert older not in list_checkpoints(run)

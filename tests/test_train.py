@@ -15,6 +15,7 @@ import yaml
 import data
 import models
 from metric_comparison import assert_same
+from models.integrity import write_manifest
 from training.arguments import augmentation_config, parse_config_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +146,7 @@ def test_resume_from_an_epoch_checkpoint_ends_exactly_like_the_straight_run(shor
     state_file = resumed_dir / "checkpoints" / "step_6" / "trainer_state.json"
     assert json.loads(state_file.read_text())["wall_clock_seconds"] > 0
     state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "wall_clock_seconds": 1000.0}))
+    write_manifest(state_file.parent)  # edited on purpose: its checksums follow
     python_train(*train_args(data_dir, resumed_dir, "--model", "cnn", "--num_epochs", "3", "--per_device_train_batch_size", "16",
                              "--logging_steps", "2", "--checkpoints_total_limit", "5", "--augmentation", "seed",
                              "--resume_from_checkpoint", "latest"))

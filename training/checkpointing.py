@@ -12,6 +12,7 @@ long pre-training can be stopped and continued too.
 """
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from models.integrity import has_manifest, verify_manifest, write_manifest
+
+logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
 BEST_WEIGHTS = "best_model.safetensors"
@@ -37,7 +42,7 @@ def list_checkpoints(output_dir: str | Path, pattern: re.Pattern = CHECKPOINT_PA
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if pattern.match(p.name) and (p / TRAINER_STATE).is_file()]
+    found = [p for p in root.iterdir() if pattern.match(p.name) and (p / TRAINER_STATE).is_file() and has_manifest(p)]
     return sorted(found, key=lambda p: int(pattern.match(p.name).group(1)))
 
 
@@ -99,8 +104,9 @@ def save_atomically(accelerator, final: Path, trainer_state: dict, extra_files: 
     if accelerator.is_main_process:
         for name, write in extra_files.items():
             write(tmp / name)
-        # The state file is written last: a folder without it is never taken for a checkpoint.
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+        # The manifest is written last: a folder without it is never taken for a checkpoint.
+        write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
 
@@ -118,18 +124,25 @@ def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
     otherwise a checkpoint folder path."""
     if resume_from == "latest":
         checkpoints = list_checkpoints(output_dir) or list_checkpoints(output_dir, MAE_CHECKPOINT_PATTERN)
-        if not checkpoints:
-            raise ValueError(
-                f"--resume_from_checkpoint latest: no complete checkpoint under {checkpoint_dir(output_dir)}. "
-                "Pass the --output_dir of the run to resume, or a checkpoint folder."
-            )
-        return checkpoints[-1]
+        for checkpoint in reversed(checkpoints):  # the newest that verifies
+            try:
+                verify_manifest(checkpoint)
+            except ValueError as error:
+                logger.warning(f"--resume_from_checkpoint latest: skipping {checkpoint.name}: {error}")
+                continue
+            return checkpoint
+        raise ValueError(
+            f"--resume_from_checkpoint latest: no complete, intact checkpoint under {checkpoint_dir(output_dir)}"
+            f"{' (each failed its check, see the warnings above)' if checkpoints else ''}. Pass the --output_dir of "
+            "the run to resume, or a checkpoint folder."
+        )
     path = Path(resume_from)
     if not (path / TRAINER_STATE).is_file():
         raise ValueError(
             f"--resume_from_checkpoint {resume_from}: not a complete checkpoint (no {TRAINER_STATE} in it). "
             "Checkpoints are the folders output_dir/checkpoints/step_<N> (or mae_epoch_<N>), or use 'latest'."
         )
+    verify_manifest(path, f"--resume_from_checkpoint {resume_from}")
     return path
 
 

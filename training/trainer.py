@@ -30,6 +30,7 @@ from metrics.plots import confusion_matrix_figure
 
 from .checkpointing import (check_checkpoint_files, read_best_weights, read_method_states, read_trainer_state,
                             resolve_checkpoint, save_checkpoint)
+from models.integrity import write_manifest
 from .methods import Batch, MethodList, OptimizerStep
 from .optimization import training_loss, validation_loss
 from .run_records import write_all_results
@@ -175,6 +176,7 @@ def save_model_folder(accelerator, model, processor, folder: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
+    write_manifest(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -366,6 +368,7 @@ class Trainer:
                 from .hub import model_card
 
                 (self.run.output_dir / "best" / "README.md").write_text(model_card(summary))
+                write_manifest(self.run.output_dir / "best")  # the card is part of the folder from now on
                 self.pusher.push(self.run.output_dir / "best", self.run.output_dir / "runs", model_card(summary),
                                  [self.run.output_dir / "all_results.json"], "End of training", background=False)
         self.accelerator.wait_for_everyone()
