@@ -13,6 +13,8 @@ methods are plug-ins (training/methods), each with its own group of arguments be
 accelerate (`accelerate launch --mixed_precision bf16`).
 """
 
+import contextlib
+import errno
 import json
 import logging
 import sys
@@ -124,6 +126,31 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
                     + (f"; training methods: {', '.join(methods.names())}" if methods else ""))
 
 
+def is_disk_full(error: BaseException) -> bool:
+    text = f"{error} {error.__cause__}"
+    return getattr(error, "errno", None) == errno.ENOSPC or any(
+        sign in text for sign in ("No space left", "StorageFull", "unexpected pos", "file write failed"))
+
+
+@contextlib.contextmanager
+def exits_cleanly(accelerator, output_dir: Path):
+    """A training that cannot go on ends with a message and its own exit status, not a traceback: 3 for a
+    non-finite loss, 4 for a full disk (the last complete checkpoint stays usable either way)."""
+    try:
+        yield
+    except NonFiniteLossError as error:
+        accelerator.print(f"train.py: error: {error}")
+        accelerator.end_training()
+        sys.exit(3)
+    except Exception as error:  # noqa: BLE001 - OSError, torch's RuntimeError, SafetensorError: all say it in words
+        if not is_disk_full(error):
+            raise
+        accelerator.print(f"train.py: error: the disk holding {output_dir} is full ({str(error).splitlines()[0][:160]})."
+                          " The last complete checkpoint is kept: free space, then run the same command with "
+                          "--resume_from_checkpoint latest.")
+        sys.exit(4)
+
+
 def finish(trainer: Trainer, args) -> None:
     """Test, write and push; a failed final push exits with status 5, after everything local is written."""
     try:
@@ -202,15 +229,10 @@ def main(argv=None, methods=None):
     open_trackers(trainer, method_list, public_config(args), argv)
 
     # 7. The loop: train_one_epoch, validate, select, save, until max_train_steps.
-    try:
-        trainer.fit()
-    except NonFiniteLossError as error:
-        accelerator.print(f"train.py: error: {error}")
-        accelerator.end_training()
-        sys.exit(3)
-
     # 8. The test split once, on the model chosen on validation; all_results.json; the final Hub push.
-    finish(trainer, args)
+    with exits_cleanly(accelerator, output_dir):
+        trainer.fit()
+        finish(trainer, args)
 
 
 if __name__ == "__main__":
