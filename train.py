@@ -13,6 +13,8 @@ methods are plug-ins (training/methods), each with its own group of arguments be
 accelerate (`accelerate launch --mixed_precision bf16`).
 """
 
+import contextlib
+import errno
 import json
 import logging
 import sys
@@ -29,7 +31,7 @@ import models
 from training import methods as training_methods
 from training.arguments import augmentation_config, parse_arguments, public_config
 from training.hardware import cpu_has_fast_bf16, hardware_description
-from training.hub import HubPusher, redact_argv
+from training.hub import HubPushError, open_hub_pusher, redact_argv
 from training.optimization import build_optimizer, build_scheduler
 from training.run_records import check_output_dir, clear_run_folder, write_run_config
 from training.trainer import NonFiniteLossError, Run, Trainer, resolve_resume
@@ -92,8 +94,8 @@ def prepare_inputs(run: Run, dataset) -> None:
 
 
 def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
-    """TensorBoard (with a grid of augmented training images), the Hub pusher, the run's command, and what the run
-    will do, in the log."""
+    """TensorBoard (with a grid of augmented training images), the run's command, and what the run will do, in the
+    log."""
     run, args, accelerator = trainer.run, trainer.args, trainer.accelerator
     if args.report_to != "none":
         # TensorBoard's hparams take scalars only: lists and mappings go in as JSON text.
@@ -101,9 +103,6 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
             k: v if isinstance(v, (bool, int, float, str)) or v is None else json.dumps(v) for k, v in config.items()})
     if accelerator.is_main_process and any(t.name == "tensorboard" for t in accelerator.trackers):
         trainer.writer = accelerator.get_tracker("tensorboard", unwrap=True)
-    if args.push_to_hub and accelerator.is_main_process:
-        trainer.pusher = HubPusher(args.hub_model_id, args.hub_token, run.output_dir / ".hub_staging",
-                                   args.hub_private_repo)
     trainer.command = " ".join(["accelerate launch train.py", *redact_argv(sys.argv[1:] if argv is None else argv)])
     trainer.hardware = hardware_description(accelerator)
 
@@ -125,6 +124,42 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
                     f"{args.per_device_train_batch_size} × {accelerator.num_processes} processes × "
                     f"{args.gradient_accumulation_steps} accumulation"
                     + (f"; training methods: {', '.join(methods.names())}" if methods else ""))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    text = f"{error} {error.__cause__}"
+    return getattr(error, "errno", None) == errno.ENOSPC or any(
+        sign in text for sign in ("No space left", "StorageFull", "unexpected pos", "file write failed"))
+
+
+@contextlib.contextmanager
+def exits_cleanly(accelerator, output_dir: Path):
+    """A training that cannot go on ends with a message and its own exit status, not a traceback: 3 for a
+    non-finite loss, 4 for a full disk (the last complete checkpoint stays usable either way)."""
+    try:
+        yield
+    except NonFiniteLossError as error:
+        accelerator.print(f"train.py: error: {error}")
+        accelerator.end_training()
+        sys.exit(3)
+    except Exception as error:  # noqa: BLE001 - OSError, torch's RuntimeError, SafetensorError: all say it in words
+        if not is_disk_full(error):
+            raise
+        accelerator.print(f"train.py: error: the disk holding {output_dir} is full ({str(error).splitlines()[0][:160]})."
+                          " The last complete checkpoint is kept: free space, then run the same command with "
+                          "--resume_from_checkpoint latest.")
+        sys.exit(4)
+
+
+def finish(trainer: Trainer, args) -> None:
+    """Test, write and push; a failed final push exits with status 5, after everything local is written."""
+    try:
+        trainer.finish(public_config(args))
+    except HubPushError as error:
+        trainer.accelerator.print(f"train.py: error: {error}. Everything is saved in {args.output_dir}; upload best/ "
+                                  f"later (e.g. `hf upload {args.hub_model_id} {Path(args.output_dir) / 'best'}`).")
+        sys.exit(5)
+    trainer.accelerator.end_training()
 
 
 def main(argv=None, methods=None):
@@ -156,6 +191,8 @@ def main(argv=None, methods=None):
         check_output_dir(output_dir, public_config(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir)
         checkpoint, resumed_state = resolve_resume(run, method_list)
         method_list.check(run)
+        pusher = (open_hub_pusher(args.hub_model_id, args.hub_token, output_dir / ".hub_staging",
+                                  args.hub_private_repo) if args.push_to_hub else None)  # every process: same verdict
     except ValueError as error:
         accelerator.print(f"train.py: error: {error}")
         sys.exit(2)
@@ -184,6 +221,7 @@ def main(argv=None, methods=None):
     method_list.setup(run)
     trainer = Trainer(run, method_list, optimizer, scheduler, train_loader, validation_loader, test_loader,
                       max_train_steps)
+    trainer.pusher = pusher if accelerator.is_main_process else None
 
     # 6. Resume, then the records and trackers of the run.
     if checkpoint is not None:
@@ -191,16 +229,10 @@ def main(argv=None, methods=None):
     open_trackers(trainer, method_list, public_config(args), argv)
 
     # 7. The loop: train_one_epoch, validate, select, save, until max_train_steps.
-    try:
-        trainer.fit()
-    except NonFiniteLossError as error:
-        accelerator.print(f"train.py: error: {error}")
-        accelerator.end_training()
-        sys.exit(3)
-
     # 8. The test split once, on the model chosen on validation; all_results.json; the final Hub push.
-    trainer.finish(public_config(args))
-    accelerator.end_training()
+    with exits_cleanly(accelerator, output_dir):
+        trainer.fit()
+        finish(trainer, args)
 
 
 if __name__ == "__main__":

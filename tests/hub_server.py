@@ -81,6 +81,8 @@ class LocalHubServer:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.unhandled: list[tuple[str, str]] = []
         self.private: dict[str, bool] = {}
+        self.failing_commits: set[int] = set()  # 1-based numbers of commit requests answered with a 400 (faults)
+        self.commit_requests = 0
         self._snapshots: dict[str, dict[str, dict[str, bytes]]] = {}  # repo_id -> commit sha -> files
         self._heads: dict[str, str] = {}  # repo_id -> sha of "main"
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -186,6 +188,9 @@ class LocalHubServer:
         return 200, {}, {"files": answer, "commitOid": self._heads[repo_id]}
 
     def commit(self, repo_id: str, revision: str, body: bytes, query: dict):
+        self.commit_requests += 1
+        if self.commit_requests in self.failing_commits:
+            raise HubError(400, None, f"injected failure of commit request {self.commit_requests}")
         head, files = self._resolve(repo_id, revision)
         if revision != "main" or "create_pr" in query:
             raise HubError(400, None, "LocalHubServer only commits to the 'main' branch (no PRs)")

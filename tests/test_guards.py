@@ -85,3 +85,27 @@ def test_a_save_that_dies_halfway_leaves_the_previous_checkpoint_as_latest(data_
     assert not (run / "checkpoints" / "step_6").exists()
     assert [p.name for p in list_checkpoints(run)] == ["step_3"]
     assert resolve_checkpoint("latest", run).name == "step_3"
+
+
+def _can_mount_tmpfs() -> bool:
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_full_disk_is_said_in_words_and_exits_4(data_dir, tmp_path):
+    """A real full disk: the run writes to a 1.5 MB tmpfs (its own mount namespace), which the first checkpoint fills."""
+    if not _can_mount_tmpfs():
+        import pytest
+
+        pytest.skip("cannot mount a small tmpfs here (needs unshare -m and mount rights)")
+    small = tmp_path / "small"
+    small.mkdir()
+    train = " ".join([sys.executable, "train.py", "--model", "cnn", "--dataset", "breastmnist", "--data_dir",
+                      str(data_dir), "--no_verify_checksum", "--output_dir", str(small / "run"), "--num_epochs", "2",
+                      "--per_device_train_batch_size", "32", "--report_to", "none"])
+    result = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=1500k tmpfs {small} && {train}"],
+                            cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "is full" in result.stdout and "--resume_from_checkpoint latest" in result.stdout
+    assert "Traceback" not in result.stderr

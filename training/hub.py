@@ -5,11 +5,14 @@ first copies what it sends into a staging folder, so a background upload never s
 rewriting; pushes during training run in the background (`run_as_future`), the last one blocks.
 """
 
+import logging
 import shutil
 from concurrent.futures import Future
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, get_token
+
+logger = logging.getLogger(__name__)
 
 SECRET_FLAGS = ("--hub_token",)
 
@@ -108,14 +111,37 @@ The full resolved configuration is in `all_results.json`.
 """
 
 
+class HubPushError(RuntimeError):
+    """The final upload to the Hub failed; everything local is written."""
+
+
+def open_hub_pusher(repo_id: str, token: str | None, staging_dir: Path, private: bool = False) -> "HubPusher":
+    """A `HubPusher`, checked up front: a token is available and the Hub answers (the repository is created). A
+    ValueError says what is missing, before the run writes anything."""
+    token = token or get_token()
+    if not token:
+        raise ValueError("--push_to_hub needs a Hub token: pass --hub_token, set HF_TOKEN, or log in once with "
+                         "`hf auth login`.")
+    try:
+        return HubPusher(repo_id, token, staging_dir, private)
+    except Exception as error:  # noqa: BLE001 - offline mode, no network, refused token, bad repository id, ...
+        raise ValueError(f"--push_to_hub: the Hub could not create or reach {repo_id!r} ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:200]}). Check the network (and HF_HUB_OFFLINE), the token and "
+                         "--hub_model_id, or train without --push_to_hub and upload best/ later.") from None
+
+
 class HubPusher:
-    """Creates the repository once and uploads `best/`, the model card and the logs on each `push`."""
+    """Creates the repository once and uploads `best/`, the model card and the logs on each `push`.
+
+    A background upload that fails is logged and, in effect, retried: the next push uploads the newer snapshot. Only the
+    final (foreground) push raises, as `HubPushError`."""
 
     def __init__(self, repo_id: str, token: str | None, staging_dir: Path, private: bool = False):
         self.api = HfApi(token=token)
         self.repo_id = self.api.create_repo(repo_id, exist_ok=True, private=private).repo_id
         self.staging_dir = Path(staging_dir)
         self.pending: Future | None = None
+        self.failures: list[str] = []
 
     def push(self, best_dir: Path, logs_dir: Path | None, card: str, extra_files: list[Path], message: str,
              background: bool) -> Future | None:
@@ -133,11 +159,23 @@ class HubPusher:
         if background:
             self.pending = self.api.upload_folder(**upload, run_as_future=True)
             return self.pending
-        self.api.upload_folder(**upload)
+        try:
+            self.api.upload_folder(**upload)
+        except Exception as error:  # noqa: BLE001 - any failure of the last upload
+            raise HubPushError(f"the final push to {self.repo_id} failed ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:200]})") from None
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         return None
 
     def wait(self) -> None:
-        if self.pending is not None:
+        """Wait for a background push; a failed one is logged, not raised (training goes on)."""
+        if self.pending is None:
+            return
+        try:
             self.pending.result()
+        except Exception as error:  # noqa: BLE001
+            self.failures.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+            logger.warning(f"A background push to {self.repo_id} failed ({self.failures[-1]}); the next checkpoint's "
+                           "push uploads the newer snapshot.")
+        finally:
             self.pending = None

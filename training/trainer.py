@@ -364,11 +364,11 @@ class Trainer:
             if test_metrics is not None:
                 logger.info("\n" + metrics.format_report(test_metrics,
                                                          title=f"Test split, best epoch {self.state['best_epoch']}"))
-            if self.pusher is not None:
-                from .hub import model_card
+        self.accelerator.wait_for_everyone()  # everything local is written; the push below may fail on its own
+        if self.pusher is not None:
+            from .hub import model_card
 
-                (self.run.output_dir / "best" / "README.md").write_text(model_card(summary))
-                write_manifest(self.run.output_dir / "best")  # the card is part of the folder from now on
-                self.pusher.push(self.run.output_dir / "best", self.run.output_dir / "runs", model_card(summary),
-                                 [self.run.output_dir / "all_results.json"], "End of training", background=False)
-        self.accelerator.wait_for_everyone()
+            (self.run.output_dir / "best" / "README.md").write_text(model_card(summary))
+            write_manifest(self.run.output_dir / "best")  # the card is part of the folder from now on
+            self.pusher.push(self.run.output_dir / "best", self.run.output_dir / "runs", model_card(summary),
+                             [self.run.output_dir / "all_results.json"], "End of training", background=False)
