@@ -258,6 +258,7 @@ def test_fold_ensemble_scores_each_model_and_their_mean_logits_on_its_own_held_o
         fold_ensemble.main([str(plain), str(other)])
 
 
+@pytest.mark.slow  # about a minute: trains teachers and students on two partitions
 def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_validation, other_partition, tmp_path):
     import subprocess
 
