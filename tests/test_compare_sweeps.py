@@ -12,6 +12,8 @@ from tiny_runs import ROOT, copy_stopped_after_first_epoch, train_tiny_vit
 sys.path.insert(0, str(ROOT / "experiments"))
 import compare_sweeps  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains the sweeps experiments/compare_sweeps.py compares
+
 
 @pytest.fixture(scope="module")
 def sweeps(data_dir, tmp_path_factory):

@@ -123,6 +123,7 @@ def other_partition(cross_validation):
     return root / "runs" / "plain-split1", json.loads(split_log.read_text())["settings"][0]
 
 
+@pytest.mark.slow  # runs every fold of a setting through the script
 def test_script_records_each_fold_and_the_mean_over_folds(cross_validation):
     root, log_path, _ = cross_validation
     log = json.loads(log_path.read_text())
@@ -180,6 +181,7 @@ def test_script_refuses_folds_of_another_split(cross_validation, capsys):
     assert "is not fold 0 of 3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_settings_run_at_the_same_time_both_reach_the_log(cross_validation):
     """Two cross_validate.py processes sharing a log (one setting each): the one that finishes last must keep what
     the other wrote while it trained."""

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import run_results  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end sweeps of experiments/run_results.py (about 1.5 minutes)
+
 TRAIN_ARGS = ("--no_verify_checksum --num_epochs 1 --per_device_train_batch_size 16 --per_device_eval_batch_size 32 "
               "--report_to none --checkpoints_total_limit 1")
 LAUNCH = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no " \

@@ -16,6 +16,8 @@ import selection_study  # noqa: E402
 from metrics import read_epoch_predictions, write_epoch_predictions  # noqa: E402
 from metrics.modules.medmnist_definitions import get_acc, get_auc  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains cross-validation folds for experiments/selection_study.py
+
 
 @pytest.fixture(scope="module")
 def saved_run(data_dir, tmp_path_factory):

@@ -22,6 +22,7 @@ def benchmark():
     spec.loader.exec_module(module)
     return module
 
+@pytest.mark.slow  # the benchmark's own smoke run: half a minute
 def test_quick_mode_runs_both_pipelines_and_reports(benchmark, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "throughput.json"
