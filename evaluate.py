@@ -52,6 +52,7 @@ import metrics
 from data.medmnist_files import check_flag_and_size
 from metrics import plots
 from models.checkpoint_fit import CheckpointError, load_for_inference
+from training.run_records import check_writable
 
 logger = get_logger(__name__)
 
@@ -116,10 +117,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.output_dir = Path(args.output_dir).expanduser() if args.output_dir else default_output
     if args.output_dir.exists() and not args.output_dir.is_dir():
         parser.error(f"--output_dir {args.output_dir} exists and is not a folder.")
-    nearest = next(path for path in (args.output_dir, *args.output_dir.absolute().parents) if path.exists())
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        parser.error(f"--output_dir {args.output_dir}: {nearest} is not writable; pass a folder you can write to "
-                     "(checked before the inference, not after it).")
+    try:
+        check_writable(args.output_dir)  # before the inference, not after it
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

@@ -203,10 +203,12 @@ def parse_arguments(argv: list[str] | None = None, method_groups=(), description
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
         argv = ["--config", *argv]
-    config, argv = parser.parse_known_args(argv)[0].config, argv
-    if config is not None:
-        position = argv.index("--config")
-        argv = config_file_argv(config, parser) + argv[:position] + argv[position + 2:]
+    # The file's values go first, as words, so that the flags given beside it win (argparse keeps the last).
+    config_option = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    config_option.add_argument("--config")
+    config, argv = config_option.parse_known_args(argv)
+    if config.config is not None:
+        argv = config_file_argv(config.config, parser) + argv
     *groups, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
                                                           look_for_args_file=False)
     if unknown:

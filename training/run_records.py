@@ -133,14 +133,16 @@ def check_output_dir(output_dir, config: dict, resume: bool, overwrite: bool) ->
                              f"arguments: {'; '.join(differences)}. Resume it with its own arguments (`python "
                              f"train.py {folder / RUN_CONFIG} --resume_from_checkpoint latest` replays them), or "
                              "start a new --output_dir.")
-    _check_writable(folder)
+    check_writable(folder)
 
 
-def _check_writable(folder: Path) -> None:
-    """The folder, or the nearest existing folder above it, accepts new files."""
+def check_writable(folder, flag: str = "--output_dir") -> None:
+    """ValueError unless the folder, or the nearest existing folder above it, accepts new files (checked before any
+    work, not when the first file is written)."""
+    folder = Path(folder)
     existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--output_dir {folder}: {existing} is not writable. Pass a folder you can write to.")
+        raise ValueError(f"{flag} {folder}: {existing} is not writable. Pass a folder you can write to.")
 
 
 def clear_run_folder(output_dir) -> None:
@@ -157,6 +159,7 @@ __all__ = [
     "RUN_CONFIG",
     "RUN_FOLDER_ENTRIES",
     "check_output_dir",
+    "check_writable",
     "clear_run_folder",
     "read_all_results",
     "read_run_config",
