@@ -30,6 +30,7 @@ import data
 import models
 from training import methods as training_methods
 from training.arguments import augmentation_config, parse_arguments, public_config
+from training.batch_norm import synchronize_batch_norm
 from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPushError, open_hub_pusher, redact_argv
 from training.optimization import build_optimizer, build_scheduler
@@ -113,9 +114,11 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
     if trainer.writer is not None and trainer.state["global_step"] == 0:
         import torchvision  # only for the image grids
 
-        # Augmented from a forked RNG: whether TensorBoard is on must not change what the run trains on.
-        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-            shown = run.train_transform(run.train_split.images[:32], train=True)
+        # The first 32 samples of epoch 0, augmented as training augments them (their keys draw from no global RNG).
+        places = torch.arange(min(32, len(run.train_split)))
+        order = data.epoch_order(len(run.train_split), args.seed, 0, args.repeated_augmentation)
+        shown = run.train_transform(run.train_split.batch(order[places])[0], train=True,
+                                    sample_keys=data.sample_keys(args.seed, 0, places))
         trainer.writer.add_image("train/augmented_samples", torchvision.utils.make_grid(to_pixels(shown)), 0)
     methods.log_start(accelerator, trainer.writer, to_pixels)
     if accelerator.is_main_process:
@@ -186,6 +189,9 @@ def main(argv=None, methods=None):
         dataset, info = load_data(args)
         model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,
                                    problem_type=info.problem_type, **args.config_overrides)
+        if accelerator.num_processes > 1 and synchronize_batch_norm(model, accelerator.device):
+            logger.info("BatchNorm normalises with the statistics of the global batch (synchronised over "
+                        f"{accelerator.num_processes} processes).")
         run = Run(args, accelerator, output_dir, info, model, augmentation=augmentation_config(args))
         method_list = training_methods.build_methods(args, methods)
         check_output_dir(output_dir, public_config(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir)
@@ -204,11 +210,11 @@ def main(argv=None, methods=None):
         method_list.before_training(run)
 
     # 5. Loaders, optimizer and schedule, prepared by accelerate; then the methods' own setup.
-    train_loader = data.index_loader(len(run.train_split), args.per_device_train_batch_size, shuffle=True,
-                                     seed=args.seed, repeats=args.repeated_augmentation)
+    train_loader = data.training_loader(len(run.train_split), args.per_device_train_batch_size, seed=args.seed,
+                                        num_processes=accelerator.num_processes, repeats=args.repeated_augmentation)
     train_loader, validation_loader, test_loader = accelerator.prepare(  # prepared once: part of every saved state
         train_loader,
-        *(data.index_loader(len(split), args.per_device_eval_batch_size, shuffle=False, seed=args.seed)
+        *(data.index_loader(len(split), args.per_device_eval_batch_size)
           for split in (run.validation_split, run.test_split)))
     updates_per_epoch = -(-len(train_loader) // args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch

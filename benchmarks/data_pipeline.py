@@ -5,7 +5,7 @@ torch DataLoader with per-sample torchvision transforms, same augmentations, sam
     .venv/bin/python benchmarks/data_pipeline.py --quick              # smoke test (10 batches; synthetic if no data)
     .venv/bin/python benchmarks/data_pipeline.py --augment strong --workers 0 2
 
-Ours: `DeviceSplit` (the split as one uint8 tensor) + `index_loader` + `BatchTransform` (one fused affine warp per
+Ours: `DeviceSplit` (the split as one uint8 tensor) + `training_loader` + `BatchTransform` (one fused affine warp per
 batch). Conventional: the uint8 arrays as a map-style Dataset that makes a PIL image per sample (as `medmnist`'s
 own Dataset does) and applies torchvision.transforms.v2 per sample, in a DataLoader with N worker processes.
 Only the data pipeline is timed (no model); the first batches (worker start-up) are excluded.
@@ -33,7 +33,8 @@ from data import (  # noqa: E402
     DeviceSplit,
     MedMNISTDataError,
     channel_mean_std,
-    index_loader,
+    sample_keys,
+    training_loader,
     load_medmnist,
     mix_batch,
 )
@@ -195,10 +196,10 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     def ours():
-        loader = index_loader(len(split), args.batch_size, shuffle=True, seed=args.seed)
-        for indices in loader:
-            images, labels = split.batch(indices)
-            pixel_values = transform(images, train=True)
+        loader = training_loader(len(split), args.batch_size, seed=args.seed)
+        for samples in loader:  # train.py's keyed draws, epoch 0
+            images, labels = split.batch(samples["indices"])
+            pixel_values = transform(images, train=True, sample_keys=sample_keys(args.seed, 0, samples["positions"]))
             if config.mixes:
                 pixel_values, labels = mix_batch(pixel_values, labels, split.num_labels, config)
             yield pixel_values

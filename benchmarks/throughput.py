@@ -6,7 +6,7 @@ by side in one run, at the same geometry and batch size.
     .venv/bin/python benchmarks/throughput.py --device cuda --steps 50   # on a GPU (see the README)
     .venv/bin/python benchmarks/throughput.py --quick                    # smoke test: 24 px, batch 8, 2 steps
 
-Ours: exactly the step train.py runs: `DeviceSplit` batches by index from a prepared `index_loader`,
+Ours: exactly the step train.py runs: `DeviceSplit` batches by index from a prepared `training_loader`,
 `BatchTransform(AugmentationConfig.seed(), 72)` on the device, the model's forward under accelerate's mixed
 precision (`Accelerator(mixed_precision="bf16")` wraps the forward in autocast), `train.training_loss`,
 `accelerator.backward`, `accelerator.clip_grad_norm_(1.0)`, AdamW (`train.build_optimizer`), a cosine scheduler.
@@ -155,7 +155,8 @@ def ours(name: str, accelerator, split, mean, std, args):
         model.compile()
     transform = data.BatchTransform(data.AugmentationConfig.seed(), model.config.image_size, mean, std)
     transform = transform.to(accelerator.device)
-    loader = data.index_loader(len(split), args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
+    loader = data.training_loader(len(split), args.batch_size, seed=args.seed, drop_last=True,
+                                  num_processes=accelerator.num_processes)
     optimizer = build_optimizer(OPTIMIZER_ARGS, model)
     scheduler = build_scheduler("cosine", optimizer, 10, 10**6)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
@@ -167,12 +168,12 @@ def ours(name: str, accelerator, split, mean, std, args):
         epoch = 0
         while True:
             loader.set_epoch(epoch)
-            for indices in loader:
-                batch = make_batch(split, indices, transform, augmentation, split.num_labels)
+            for samples in loader:
+                batch = make_batch(split, samples, transform, augmentation, split.num_labels, args.seed, epoch)
                 training_step(model, batch, accelerator=accelerator, optimizer=optimizer, scheduler=scheduler,
                               methods=MethodList([]), task_loss=task_loss, clipped_parameters=list(model.parameters()),
                               max_grad_norm=1.0)
-                yield len(indices)
+                yield len(samples["indices"])
             epoch += 1
 
     return reference, steps()

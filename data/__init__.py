@@ -1,20 +1,20 @@
 """MedMNIST data for the whole project: verified official files -> cached `datasets.DatasetDict` -> device tensors
 -> batched on-device augmentation.
 
-    from data import load_medmnist, medmnist_info, DeviceSplit, channel_mean_std, index_loader
-    from data import AugmentationConfig, BatchTransform, mix_batch
+    from data import load_medmnist, medmnist_info, DeviceSplit, channel_mean_std, training_loader
+    from data import AugmentationConfig, BatchTransform, mix_batch, sample_keys
 
     dataset = load_medmnist("bloodmnist", size=28)             # splits train / validation / test
     info = medmnist_info(dataset)                               # task, channels, label names, licence, file, md5
     train = DeviceSplit.from_dataset(dataset["train"], device)  # uint8 (N, C, H, W) on the device
     mean, std = channel_mean_std(train.images)
     transform = BatchTransform(AugmentationConfig.seed(), image_size=72, mean=mean, std=std).to(device)
-    loader = accelerator.prepare(index_loader(len(train), 128, shuffle=True, seed=0))
+    loader = accelerator.prepare(training_loader(len(train), 128, seed=0, num_processes=accelerator.num_processes))
     for epoch in ...:
         loader.set_epoch(epoch)
-        for indices in loader:
-            images, labels = train.batch(indices)
-            pixel_values = transform(images, train=True)
+        for batch in loader:                                    # indices, positions, share of the global batch
+            images, labels = train.batch(batch["indices"])
+            pixel_values = transform(images, train=True, sample_keys=sample_keys(0, epoch, batch["positions"]))
             pixel_values, targets = mix_batch(pixel_values, labels, info.num_labels, config)  # optional
 
 For recipe searches, `cross_validation_split(dataset, num_folds=5, fold=0)` rotates a held-out fold through
@@ -37,12 +37,16 @@ from .augmentation import (
 from .cross_validation import cross_validation_split
 from .device_pipeline import (
     DeviceSplit,
-    EpochShuffleSampler,
+    EpochSamples,
+    GlobalBatchSampler,
     IndexDataset,
     IndexLoader,
     channel_mean_std,
+    epoch_order,
     index_loader,
+    training_loader,
 )
+from .sample_random import SampleRandom, sample_keys
 from .info import MedMNISTInfo, medmnist_info
 from .loading import CACHE_FORMAT_VERSION, default_cache_dir, load_medmnist
 from .medmnist_files import (
@@ -71,15 +75,18 @@ __all__ = [
     "AugmentationConfig",
     "BatchTransform",
     "DeviceSplit",
-    "EpochShuffleSampler",
+    "EpochSamples",
+    "GlobalBatchSampler",
     "IndexDataset",
     "IndexLoader",
     "MedMNISTDataError",
     "MedMNISTInfo",
+    "SampleRandom",
     "bundled_npz",
     "channel_mean_std",
     "cross_validation_split",
     "default_cache_dir",
+    "epoch_order",
     "expected_md5",
     "file_md5",
     "file_url",
@@ -93,5 +100,7 @@ __all__ = [
     "npz_filename",
     "processor_mean_std",
     "resolve_data_dir",
+    "sample_keys",
     "targets_from_labels",
+    "training_loader",
 ]

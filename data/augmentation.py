@@ -12,8 +12,9 @@ processor calls), then `(x - 255*mean) / (255*std)`. On CPU the result is bit-id
 `processor(images=pil_images).pixel_values`; on CUDA torchvision resizes uint8 in float and rounds, which can differ
 from the CPU's fixed-point kernel by one uint8 step (1 / (255*std) after normalisation) on some pixels.
 
-Randomness comes from torch's global RNGs (the device's for per-sample parameters, the CPU's for per-batch scalars),
-so `accelerate.utils.set_seed` and `Accelerator.save_state` / `load_state` make a run reproducible.
+Per-sample randomness comes from each sample's key (`data.sample_random`): pass `sample_keys` (from (seed, epoch,
+place in the epoch)) and an image is augmented the same way whichever batch, process or device draws it; without keys
+they are drawn from torch's global RNG. Mixup / cutmix draw their per-batch scalars from the CPU's global RNG.
 
 Why plain torch rather than kornia (installed): measured on this project's 2-core CPU, one thread, batch 128, 28 px
 -> 3×72×72, kornia's flip + RandomAffine (after a resize) took 5-6x as long as the fused seed transform here,
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as tvF
 from torch import nn
+
+from .sample_random import SampleRandom
 
 FILL_MODES = ("reflection", "zeros", "border")
 AUGMENTATION_PRESETS = ("none", "shift", "seed", "strong")  # names for AugmentationConfig.preset (command-line choices)
@@ -162,8 +165,9 @@ class BatchTransform(nn.Module):
         image_size: the model's input side S.
         mean, std: per-channel statistics in [0, 1] units (as `channel_mean_std` returns and the processor stores).
 
-    Call `transform(images_uint8, train=True)` for training batches, `train=False` for evaluation (identical to the
-    saved image processor). Square images are assumed (MedMNIST).
+    Call `transform(images_uint8, train=True, sample_keys=keys)` for training batches (`data.sample_keys`: each
+    image's draws then depend only on its key), `train=False` for evaluation (identical to the saved image
+    processor). Square images are assumed (MedMNIST).
     """
 
     def __init__(self, config: AugmentationConfig, image_size: int, mean: Sequence[float], std: Sequence[float]):
@@ -188,24 +192,30 @@ class BatchTransform(nn.Module):
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}, config={self.config}"
 
-    def forward(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, train: bool = False, sample_keys: torch.Tensor | None = None
+                ) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"BatchTransform expects uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if images.shape[1] != self.mean255.shape[0]:
             raise ValueError(f"images have {images.shape[1]} channels but mean/std have {self.mean255.shape[0]}")
         if self.mean255.device != images.device:  # follow the data (once) rather than fail on a forgotten .to()
             self.to(images.device)
+        if train:
+            if sample_keys is not None and sample_keys.shape != images.shape[:1]:
+                raise ValueError(f"{images.shape[0]} images but sample_keys of shape {tuple(sample_keys.shape)}")
+            random = (SampleRandom(sample_keys.to(images.device)) if sample_keys is not None
+                      else SampleRandom.from_global_rng(images.shape[0], images.device))
         if not train or not self.config.has_geometry:
             x = self.resize(images).float()
             ops = None
         else:
-            ops = self._sample_randaugment(images.shape[0], images.device)
-            x = self._warp(images, ops)
+            ops = self._sample_randaugment(random)
+            x = self._warp(images, ops, random)
         if train and ops is not None and ops.colour_choice is not None:
             x = _apply_colour_ops(x, ops)
         x = x.sub_(self.mean255).div_(self.std255)  # same op order as the processor: bit-identical at evaluation
         if train and self.config.random_erasing > 0:
-            x = _random_erase(x, self.config.random_erasing)
+            x = _random_erase(x, self.config.random_erasing, random)
         return x
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
@@ -217,10 +227,10 @@ class BatchTransform(nn.Module):
 
     # --- training-time geometry -------------------------------------------------------------------------------
 
-    def _warp(self, images: torch.Tensor, ops: _RandAugmentDraw) -> torch.Tensor:
+    def _warp(self, images: torch.Tensor, ops: _RandAugmentDraw, random: SampleRandom) -> torch.Tensor:
         if images.shape[-1] > self.image_size:  # shrinking: antialias first, then warp at the output size
             images = self.resize(images)
-        theta = self._sample_affine(images.shape[0], images.device, ops)
+        theta = self._sample_affine(ops, random)
         # = F.affine_grid(theta, ...), as one (2B × 3) @ (3 × S²) GEMM: 0.3 ms instead of 12 ms for 128 × 72² on
         # this CPU (affine_grid runs a batched K=3 matmul); grid_sample reads the permuted grid as fast as a copy.
         size = self.image_size
@@ -228,37 +238,39 @@ class BatchTransform(nn.Module):
         return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode=self.config.fill_mode,
                              align_corners=False)
 
-    def _sample_affine(self, batch: int, device, ops: _RandAugmentDraw) -> torch.Tensor:
+    def _sample_affine(self, ops: _RandAugmentDraw, random: SampleRandom) -> torch.Tensor:
         """Per-sample (B, 2, 3) maps from output to input coordinates:
         crop ∘ translation ∘ zoom ∘ rotation ∘ flips ∘ RandAugment geometry."""
         c = self.config
+        batch, device = len(random), random.keys.device
         matrix = torch.eye(3, device=device).repeat(batch, 1, 1)
         if ops.geometric is not None:
             matrix = ops.geometric
-        flip_x = _random_sign(batch, device) if c.horizontal_flip else torch.ones(batch, device=device)
-        flip_y = _random_sign(batch, device) if c.vertical_flip else torch.ones(batch, device=device)
+        flip_x = random.signs() if c.horizontal_flip else torch.ones(batch, device=device)
+        flip_y = random.signs() if c.vertical_flip else torch.ones(batch, device=device)
         matrix = _diag(flip_x, flip_y) @ matrix
         if c.rotation_degrees:
-            angle = _uniform(batch, device, -c.rotation_degrees, c.rotation_degrees)
+            angle = random.uniform(-c.rotation_degrees, c.rotation_degrees)
             matrix = _rotation(torch.deg2rad(angle)) @ matrix
         if c.zoom:
-            scale = _uniform(batch, device, 1 - c.zoom, 1 + c.zoom)
+            scale = random.uniform(1 - c.zoom, 1 + c.zoom)
             matrix = _diag(scale, scale) @ matrix
         if c.translate:
-            shift = _uniform((batch, 2), device, -2 * c.translate, 2 * c.translate)  # [-1, 1] spans 2 units
+            shift = random.uniform(-2 * c.translate, 2 * c.translate, columns=2)  # [-1, 1] spans 2 units
             matrix = _translation(shift[:, 0], shift[:, 1]) @ matrix
         if c.crop_scale is not None:
-            matrix = _random_crop_box(batch, device, c.crop_scale, c.crop_ratio) @ matrix
+            matrix = _random_crop_box(random, c.crop_scale, c.crop_ratio) @ matrix
         return matrix[:, :2]
 
-    def _sample_randaugment(self, batch: int, device) -> _RandAugmentDraw:
+    def _sample_randaugment(self, random: SampleRandom) -> _RandAugmentDraw:
         if self.config.randaugment is None:
             return _RandAugmentDraw(None, None, None, 0.0)
+        batch, device = len(random), random.keys.device
         n, m = self.config.randaugment
         colour_ops = [op for op in COLOUR_OPS if self.mean255.shape[0] == 3 or op != "colour"]
         names = colour_ops + list(GEOMETRIC_OPS)
-        choice = torch.randint(len(names), (batch, n), device=device)  # with replacement, as torchvision does
-        signs = _random_sign((batch, n), device)
+        choice = random.integers(len(names), columns=n)  # with replacement, as torchvision does
+        signs = random.signs(columns=n)
         level = m / RANDAUGMENT_MAX_M
         matrix = torch.eye(3, device=device).repeat(batch, 1, 1)
         for slot in range(n):
@@ -279,14 +291,6 @@ class _RandAugmentDraw:
 
 
 # --- small helpers: random draws and 3×3 matrices -------------------------------------------------------------
-
-
-def _uniform(shape, device, low: float, high: float) -> torch.Tensor:
-    return torch.rand(shape, device=device) * (high - low) + low
-
-
-def _random_sign(shape, device) -> torch.Tensor:
-    return torch.randint(0, 2, shape if isinstance(shape, tuple) else (shape,), device=device).float() * 2 - 1
 
 
 def _matrices(a, b, c, d, e, f) -> torch.Tensor:
@@ -319,14 +323,14 @@ def _shear_y(amount):
     return _matrices(one, zero, zero, amount, one, zero)
 
 
-def _random_crop_box(batch, device, scale, ratio) -> torch.Tensor:
+def _random_crop_box(random: SampleRandom, scale, ratio) -> torch.Tensor:
     """Random resized crop as a matrix: the output square samples a box of the given area / aspect ranges."""
-    area = _uniform(batch, device, *scale)
-    log_ratio = _uniform(batch, device, math.log(ratio[0]), math.log(ratio[1]))
+    area = random.uniform(*scale)
+    log_ratio = random.uniform(math.log(ratio[0]), math.log(ratio[1]))
     width = (area * log_ratio.exp()).sqrt().clamp(max=1.0)  # fractions of the side
     height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
-    cx = (torch.rand(batch, device=device) * 2 - 1) * (1 - width)  # keep the box inside the image
-    cy = (torch.rand(batch, device=device) * 2 - 1) * (1 - height)
+    cx = random.uniform(-1, 1) * (1 - width)  # keep the box inside the image
+    cy = random.uniform(-1, 1) * (1 - height)
     return _translation(cx, cy) @ _diag(width, height)
 
 
@@ -403,19 +407,20 @@ def _apply_colour_ops(x: torch.Tensor, ops: _RandAugmentDraw) -> torch.Tensor:
 # --- random erasing and mixup / cutmix ------------------------------------------------------------------------
 
 
-def _random_erase(x: torch.Tensor, probability: float, scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> torch.Tensor:
+def _random_erase(x: torch.Tensor, probability: float, random: SampleRandom, scale=(0.02, 0.33), ratio=(0.3, 3.3)
+                  ) -> torch.Tensor:
     """Per sample, with the given probability, set one random rectangle to 0 (timm/torchvision-style, 'const')."""
-    batch, _, height, width = x.shape
+    _, _, height, width = x.shape
     device = x.device
-    area = _uniform(batch, device, *scale)
-    log_ratio = _uniform(batch, device, math.log(ratio[0]), math.log(ratio[1]))
+    area = random.uniform(*scale)
+    log_ratio = random.uniform(math.log(ratio[0]), math.log(ratio[1]))
     box_h = ((area * log_ratio.exp()).sqrt() * height).clamp(1, height)
     box_w = ((area / log_ratio.exp()).sqrt() * width).clamp(1, width)
-    top = torch.rand(batch, device=device) * (height - box_h)
-    left = torch.rand(batch, device=device) * (width - box_w)
+    top = random.uniform() * (height - box_h)
+    left = random.uniform() * (width - box_w)
     rows = torch.arange(height, device=device)
     cols = torch.arange(width, device=device)
-    erase = (torch.rand(batch, device=device) < probability).view(-1, 1)
+    erase = (random.uniform() < probability).view(-1, 1)
     row_in = (rows >= top.floor().view(-1, 1)) & (rows < (top + box_h).floor().view(-1, 1)) & erase  # (B, H)
     col_in = (cols >= left.floor().view(-1, 1)) & (cols < (left + box_w).floor().view(-1, 1))  # (B, W)
     keep = ~(row_in[:, None, :, None] & col_in[:, None, None, :])

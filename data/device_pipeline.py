@@ -1,8 +1,15 @@
 """Whole splits as uint8 tensors on the training device, and index batches that `accelerate` can shard.
 
-The training loop takes a batch of indices from `index_loader` (a plain `DataLoader`, so `accelerator.prepare`
+The training loop takes a batch of samples from `training_loader` (a plain `DataLoader`, so `accelerator.prepare`
 shards it), gathers the images with `DeviceSplit.batch` and augments the whole batch on the device with
-`BatchTransform`. No per-sample Python work, no DataLoader workers.
+`BatchTransform`. No per-sample Python work, no DataLoader workers. Evaluation batches come from `index_loader`.
+
+Process-count invariance: `training_loader` cuts every global batch (per-device batch × processes) into one
+contiguous part per process, the last, shorter global batch too (accelerate's own sharding would pad it with
+repeated images), and says which share of the global batch each part is, so the mean loss of each part, scaled by
+its share and averaged over processes, is the mean loss of the global batch. Each sample carries its place in the
+epoch's order, the key of its augmentation (`data.sample_random`). 1 and N processes thus train on the same global
+batches of identically augmented images.
 
 Epochs and resumption (accelerate 1.15): the shuffle order is a function of (seed, epoch) only. The prepared loader
 calls `set_epoch(loader.iteration)` at the start of each pass and counts passes, but a loop that stops early does not
@@ -164,13 +171,28 @@ def channel_mean_std(images_uint8) -> tuple[list[float], list[float]]:
     return (mean / 255).tolist(), (std / 255).tolist()
 
 
+def epoch_order(num_samples: int, seed: int, epoch: int, repeats: int = 1) -> torch.Tensor:
+    """The epoch's permutation of 0..N-1, a function of (seed, epoch) only.
+
+    With `repeats` r > 1 (repeated augmentation, Hoffer et al. 2020, as in DeiT): the first ceil(N / r) images of
+    the permutation, each r times in a row, cut to N; consecutive copies share a batch and are augmented apart, and
+    the epoch keeps its N samples.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    # SeedSequence mixes (seed, epoch) so that e.g. (0, 1) and (1, 0) give unrelated orders.
+    mixed = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0])
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(mixed))
+    if repeats > 1:
+        order = order[: math.ceil(num_samples / repeats)].repeat_interleave(repeats)[:num_samples]
+    return order
+
+
 class IndexDataset(Dataset):
-    """The integers 0..N-1. Holds the epoch, so the shuffle follows `set_epoch` whichever object accelerate calls
-    it on (the sampler, or, behind `skip_first_batches`' wrappers, the dataset)."""
+    """The integers 0..N-1: evaluation batches are batches of indices."""
 
     def __init__(self, num_samples: int):
         self.num_samples = int(num_samples)
-        self.epoch = 0
 
     def __len__(self) -> int:
         return self.num_samples
@@ -181,63 +203,14 @@ class IndexDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[int]:
         return list(indices)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
-
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of 0..N-1 that depends only on (seed, epoch), identical on every process.
-
-    With `repeats` r > 1 (repeated augmentation, Hoffer et al. 2020, as in DeiT): the first ceil(N / r) images of
-    the permutation, each r times in a row, cut to N; consecutive copies share a batch and are augmented apart, and
-    the epoch keeps its N samples.
-    """
-
-    def __init__(self, data_source: IndexDataset, seed: int, repeats: int = 1):
-        if repeats < 1:
-            raise ValueError(f"repeats must be at least 1, got {repeats}")
-        self.data_source = data_source
-        self.seed = int(seed)
-        self.repeats = int(repeats)
-
-    def __len__(self) -> int:
-        return len(self.data_source)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.data_source.set_epoch(epoch)
-
-    def __iter__(self):
-        # SeedSequence mixes (seed, epoch) so that e.g. (0, 1) and (1, 0) give unrelated orders.
-        mixed = int(np.random.SeedSequence([self.seed, self.data_source.epoch]).generate_state(1, np.uint64)[0])
-        generator = torch.Generator().manual_seed(mixed)
-        num_samples = len(self.data_source)
-        order = torch.randperm(num_samples, generator=generator)
-        if self.repeats > 1:
-            order = order[: math.ceil(num_samples / self.repeats)].repeat_interleave(self.repeats)[:num_samples]
-        yield from order.tolist()
-
-
-def index_loader(
-    num_samples: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False, repeats: int = 1
-) -> DataLoader:
-    """A `DataLoader` of int64 index tensors over range(num_samples), to pass through `accelerator.prepare`.
-
-    Prepared, each process gets its own batches; at evaluation (`shuffle=False`) `accelerator.gather_for_metrics`
-    drops the duplicates accelerate pads the last round with, so every sample counts exactly once. With
-    `shuffle=True` the order is a function of (seed, epoch): see the module docstring for epochs and resuming;
-    `repeats` > 1 turns on repeated augmentation (`EpochShuffleSampler`).
-    """
+def index_loader(num_samples: int, batch_size: int) -> DataLoader:
+    """A `DataLoader` of int64 index tensors over range(num_samples) in order, for evaluation: pass it through
+    `accelerator.prepare`; `accelerator.gather_for_metrics` then drops the duplicates accelerate pads the last round
+    with, so every sample counts exactly once."""
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
-    if repeats != 1 and not shuffle:
-        raise ValueError("repeats (repeated augmentation) is for shuffled training loaders only.")
-    dataset = IndexDataset(num_samples)
-    sampler = EpochShuffleSampler(dataset, seed, repeats) if shuffle else torch.utils.data.SequentialSampler(dataset)
-    # A generator of its own: a DataLoader draws a base seed each time an iterator is made, from the global RNG when
-    # it has none, which would make every later augmentation depend on how many iterators a run has created (a
-    # resumed run makes one more, for skipping the batches it has already seen).
-    return IndexLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0,
-                       generator=torch.Generator().manual_seed(seed))
+    return DataLoader(IndexDataset(num_samples), batch_size=batch_size, shuffle=False, num_workers=0)
 
 
 class IndexLoader(DataLoader):
@@ -246,3 +219,89 @@ class IndexLoader(DataLoader):
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
+
+
+class EpochSamples(Dataset):
+    """The samples of a training epoch: place p in the epoch's order -> image index `epoch_order(...)[p]`.
+
+    Batches are dicts: `indices` (int64 image indices), `positions` (int64 places in the epoch, the keys of the
+    augmentation draws) and `share` (float: processes × this part's size / the global batch's size; 1.0 for every
+    full global batch).
+    """
+
+    def __init__(self, num_samples: int, seed: int, global_batch_size: int, num_processes: int, repeats: int = 1):
+        self.num_samples, self.seed, self.repeats = int(num_samples), int(seed), int(repeats)
+        self.global_batch_size, self.num_processes = int(global_batch_size), int(num_processes)
+        self.epoch = 0
+        self.order = epoch_order(self.num_samples, self.seed, 0, self.repeats)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self.epoch = int(epoch)
+            self.order = epoch_order(self.num_samples, self.seed, self.epoch, self.repeats)
+
+    def __getitem__(self, position: int) -> dict:
+        return self.__getitems__([position])
+
+    def __getitems__(self, positions: list[int]) -> dict:
+        start = positions[0] - positions[0] % self.global_batch_size
+        global_size = min(self.global_batch_size, self.num_samples - start)
+        places = torch.tensor(positions, dtype=torch.int64)
+        return {"indices": self.order[places], "positions": places,
+                "share": self.num_processes * len(positions) / global_size}
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Places 0..N-1 in global batches, each cut into `num_processes` contiguous parts (sizes differ by at most 1),
+    yielded part after part: accelerate's round-robin sharding then hands part r of every global batch to process r.
+
+    A last global batch with fewer samples than processes is dropped when there are several processes (a process
+    would get none); `drop_last` drops any incomplete last global batch.
+    """
+
+    batch_size = None  # tells accelerate that parts have varying sizes: it must neither pad nor drop them
+
+    def __init__(self, num_samples: int, global_batch_size: int, num_processes: int, drop_last: bool = False):
+        self.num_samples, self.global_batch_size = int(num_samples), int(global_batch_size)
+        self.num_processes, self.drop_last = int(num_processes), bool(drop_last)
+        full, remainder = divmod(self.num_samples, self.global_batch_size)
+        keep_remainder = remainder and not self.drop_last and remainder >= self.num_processes
+        self.num_global_batches = full + bool(keep_remainder)
+
+    def __len__(self) -> int:
+        return self.num_global_batches * self.num_processes
+
+    def __iter__(self):
+        for batch in range(self.num_global_batches):
+            places = torch.arange(batch * self.global_batch_size,
+                                  min((batch + 1) * self.global_batch_size, self.num_samples))
+            for part in places.tensor_split(self.num_processes):
+                yield part.tolist()
+
+
+def _as_batch(batch):
+    return batch  # `EpochSamples.__getitems__` already returns the whole batch
+
+
+def training_loader(num_samples: int, batch_size: int, seed: int, num_processes: int = 1, drop_last: bool = False,
+                    repeats: int = 1) -> IndexLoader:
+    """Training batches of `batch_size` samples per process over range(num_samples), to pass through
+    `accelerator.prepare` with `num_processes` = the accelerator's; batches are `EpochSamples` dicts.
+
+    The order is a function of (seed, epoch): call `set_epoch(epoch)` at the start of every epoch; to resume in the
+    middle of an epoch, `set_epoch(e)` then `accelerator.skip_first_batches(loader, k)` (see the module docstring).
+    """
+    if num_samples < 1 or batch_size < 1 or num_processes < 1:
+        raise ValueError(f"num_samples, batch_size and num_processes must be positive, got {num_samples}, "
+                         f"{batch_size} and {num_processes}")
+    global_batch_size = batch_size * num_processes
+    dataset = EpochSamples(num_samples, seed, global_batch_size, num_processes, repeats)
+    sampler = GlobalBatchSampler(num_samples, global_batch_size, num_processes, drop_last)
+    if len(sampler) == 0:
+        raise ValueError(f"{num_samples} samples make no complete global batch of {global_batch_size} "
+                         f"(drop_last={drop_last}); lower the batch size.")
+    return IndexLoader(dataset, batch_sampler=sampler, collate_fn=_as_batch, num_workers=0,
+                       generator=torch.Generator().manual_seed(seed))

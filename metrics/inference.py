@@ -45,7 +45,7 @@ def predict(
 
     num_samples = len(split)
     if loader is None:
-        loader = accelerator.prepare(index_loader(num_samples, batch_size, shuffle=False, seed=0))
+        loader = accelerator.prepare(index_loader(num_samples, batch_size))
     gathered = {"indices": [], "logits": [], "labels": []}
     was_training = model.training
     model.eval()

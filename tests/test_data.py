@@ -34,6 +34,8 @@ from data import (  # noqa: E402
     load_medmnist,
     medmnist_info,
     mix_batch,
+    sample_keys,
+    training_loader,
 )
 from data.synthetic import synthetic_medmnist  # noqa: E402
 
@@ -345,6 +347,42 @@ def test_same_seed_same_batch():
     assert not torch.equal(first[0], other[0])
 
 
+@pytest.mark.parametrize("preset", ["shift", "seed", "strong"])
+def test_an_image_is_augmented_by_its_key_whatever_batch_it_is_in(preset):
+    """Per-sample draws from (seed, epoch, place in the epoch): the same image with the same key comes out the same
+    alone, in a batch of others, in another order, or after other draws from the global RNG."""
+    images = _batch(3, n=12)
+    transform = BatchTransform(AugmentationConfig.preset(preset), 32, [0.5] * 3, [0.25] * 3)
+    keys = sample_keys(4, 2, torch.arange(100, 112))
+    whole = transform(images, train=True, sample_keys=keys)
+    torch.manual_seed(123)  # the global RNG plays no part
+    order = torch.tensor([5, 11, 0, 3])
+    subset = transform(images[order], train=True, sample_keys=keys[order])
+    assert torch.equal(subset, whole[order])
+    assert torch.equal(transform(images[7:8], train=True, sample_keys=keys[7:8]), whole[7:8])
+    for other in (sample_keys(4, 3, torch.arange(100, 112)), sample_keys(5, 2, torch.arange(100, 112)),
+                  sample_keys(4, 2, torch.arange(200, 212))):  # another epoch, seed or place: other draws
+        changed = (transform(images, train=True, sample_keys=other) - whole).abs().amax((1, 2, 3)) > 1e-4
+        assert changed.float().mean() > 0.5
+    with pytest.raises(ValueError, match="sample_keys"):
+        transform(images, train=True, sample_keys=keys[:5])
+
+
+def test_sample_random_draws_are_uniform_and_independent_across_counters_and_keys():
+    random = data.SampleRandom(sample_keys(0, 0, torch.arange(20000)))
+    first, second = random.uniform(), random.uniform(-2.0, 3.0)
+    assert 0 <= first.min() and first.max() < 1 and -2 <= second.min() and second.max() < 3
+    for values in (first, (second + 2) / 5):
+        histogram = torch.histc(values, bins=10, min=0, max=1)
+        assert (histogram - 2000).abs().max() < 200  # ~4.5 standard deviations of a bin count
+    assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1]) < 0.03  # counters: unrelated draws
+    assert abs(torch.corrcoef(torch.stack([first[:-1], first[1:]]))[0, 1]) < 0.03  # neighbouring keys too
+    signs, integers = random.signs(columns=2), random.integers(7, columns=3)
+    assert set(signs.unique().tolist()) == {-1.0, 1.0} and abs(signs.mean()) < 0.03
+    assert integers.shape == (20000, 3) and torch.bincount(integers.flatten()).min() > 8000
+    assert torch.equal(data.SampleRandom(random.keys[5:9]).uniform(), first[5:9])
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_no_augmentation_is_resize_and_normalisation(channels):
     images = _batch(channels)
@@ -409,36 +447,86 @@ def test_augmentation_config_validation():
 # --- index batches and sharding -----------------------------------------------------------------------------------
 
 
-def _epoch_order(num_samples, batch_size, seed, epoch):
-    loader = index_loader(num_samples, batch_size, shuffle=True, seed=seed)
+def _epoch_order(num_samples, batch_size, seed, epoch, repeats=1):
+    loader = training_loader(num_samples, batch_size, seed=seed, repeats=repeats)
     loader.set_epoch(epoch)
-    return torch.cat(list(loader)).tolist()
+    return torch.cat([batch["indices"] for batch in loader]).tolist()
 
 
-def test_index_loader_order_depends_only_on_seed_and_epoch():
+def test_training_loader_order_depends_only_on_seed_and_epoch():
     first = _epoch_order(50, 8, seed=3, epoch=0)
     assert sorted(first) == list(range(50))
-    assert first == _epoch_order(50, 8, seed=3, epoch=0)
+    assert first == _epoch_order(50, 8, seed=3, epoch=0) == _epoch_order(50, 5, seed=3, epoch=0)
     assert first != _epoch_order(50, 8, seed=3, epoch=1)
     assert first != _epoch_order(50, 8, seed=4, epoch=0)
     assert _epoch_order(50, 8, seed=0, epoch=1) != _epoch_order(50, 8, seed=1, epoch=0)
-    batches = list(index_loader(10, 4, shuffle=False, seed=0))
-    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and batches[0].dtype == torch.int64
-    assert len(list(index_loader(10, 4, shuffle=True, seed=0, drop_last=True))) == 2
+    loader = training_loader(10, 4, seed=0)
+    batches = list(loader)
+    assert [b["positions"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert batches[0]["indices"].dtype == torch.int64 and [b["share"] for b in batches] == [1.0, 1.0, 1.0]
+    assert len(list(training_loader(10, 4, seed=0, drop_last=True))) == 2
+    assert [b.tolist() for b in index_loader(10, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_repeated_augmentation_puts_copies_side_by_side_and_keeps_the_epoch_length():
     plain = _epoch_order(50, 8, seed=3, epoch=2)
-    loader = index_loader(50, 8, shuffle=True, seed=3, repeats=3)
-    loader.set_epoch(2)
-    repeated = torch.cat(list(loader)).tolist()
+    repeated = _epoch_order(50, 8, seed=3, epoch=2, repeats=3)
     assert len(repeated) == 50
     # ceil(50 / 3) = 17 images of the same permutation, each three times in a row, the last one cut to two copies.
     assert repeated == [index for index in plain[:17] for _ in range(3)][:50]
     with pytest.raises(ValueError, match="repeats must be at least 1"):
-        index_loader(50, 8, shuffle=True, seed=3, repeats=0)
-    with pytest.raises(ValueError, match="shuffled training loaders only"):
-        index_loader(50, 8, shuffle=False, seed=3, repeats=2)
+        training_loader(50, 8, seed=3, repeats=0)
+
+
+def _process_parts(num_samples, batch_size, num_processes, epoch, skip=0):
+    """Each process's batches, as `accelerator.prepare` shards the loader (accelerate's own sharding, in one process)."""
+    from accelerate import skip_first_batches
+    from accelerate.data_loader import prepare_data_loader
+
+    parts = []
+    for rank in range(num_processes):
+        loader = prepare_data_loader(training_loader(num_samples, batch_size, seed=5, num_processes=num_processes),
+                                     num_processes=num_processes, process_index=rank, put_on_device=False)
+        loader.set_epoch(epoch)
+        parts.append(list(skip_first_batches(loader, skip) if skip else loader))
+    return parts
+
+
+@pytest.mark.parametrize("num_processes", [2, 3])
+def test_processes_share_the_one_process_global_batches_without_padding(num_processes):
+    """103 images, 8 per process: process r gets part r of every global batch; the parts of a global batch put
+    together are the 1-process batch of the same size; the shares weight each part's mean loss to the global mean."""
+    global_batch = 8 * num_processes
+    one = _process_parts(103, global_batch, 1, epoch=2)[0]
+    parts = _process_parts(103, 8, num_processes, epoch=2)
+    assert len({len(p) for p in parts}) == 1  # every process runs the same number of steps
+    remainder = 103 % global_batch  # 7 with 2 processes (4 + 3), 7 with 3 (3 + 2 + 2)
+    assert len(parts[0]) == len(one) == 103 // global_batch + 1
+    for step, whole in enumerate(one):
+        pieces = [p[step] for p in parts]
+        assert torch.cat([piece["indices"] for piece in pieces]).tolist() == whole["indices"].tolist()
+        assert torch.cat([piece["positions"] for piece in pieces]).tolist() == whole["positions"].tolist()
+        sizes = [len(piece["indices"]) for piece in pieces]
+        assert max(sizes) - min(sizes) <= 1
+        shares = [piece["share"] for piece in pieces]
+        # The average over processes of share × (mean loss of the part) weights every image by 1 / global size.
+        for share, size in zip(shares, sizes):
+            assert share / (num_processes * size) == pytest.approx(1 / sum(sizes))
+        if step < len(one) - 1:
+            assert shares == [1.0] * num_processes
+    assert sum(len(piece["indices"]) for piece in [p[-1] for p in parts]) == remainder
+    # Resuming mid-epoch: the same parts from the skipped-to step on.
+    resumed = _process_parts(103, 8, num_processes, epoch=2, skip=3)
+    for rank in range(num_processes):
+        assert [b["indices"].tolist() for b in resumed[rank]] == [b["indices"].tolist() for b in parts[rank][3:]]
+
+
+def test_a_last_global_batch_smaller_than_the_process_count_is_dropped():
+    assert len(training_loader(17, 8, seed=0, num_processes=2)) == 2  # 16 + 1: the 1 would leave a process idle
+    assert len(training_loader(17, 16, seed=0, num_processes=1)) == 2
+    assert len(training_loader(18, 8, seed=0, num_processes=2)) == 4  # 16 + 2: parts of 1 and 1
+    with pytest.raises(ValueError, match="no complete global batch"):
+        training_loader(5, 8, seed=0, num_processes=1, drop_last=True)
 
 
 SHARD_N, SHARD_BATCH, SHARD_SEED, SHARD_SKIP = 103, 8, 7, 3
@@ -449,29 +537,31 @@ def _shard_worker(out_dir: str) -> None:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
-    result = {"rank": accelerator.process_index, "world": accelerator.num_processes, "local": {}, "gathered": {}}
-    train = accelerator.prepare(index_loader(SHARD_N, SHARD_BATCH, shuffle=True, seed=SHARD_SEED))
+    world = accelerator.num_processes
+    result = {"rank": accelerator.process_index, "world": world, "local": {}}
+
+    def loader():
+        return accelerator.prepare(training_loader(SHARD_N, SHARD_BATCH, seed=SHARD_SEED, num_processes=world))
+
+    def listed(batches):
+        return [[b["indices"].tolist(), b["positions"].tolist(), b["share"]] for b in batches]
+
+    train = loader()
     for epoch in (0, 1):
         train.set_epoch(epoch)
-        local, gathered = [], []
-        for indices in train:
-            local.append(indices.tolist())
-            gathered += accelerator.gather_for_metrics(indices).tolist()
-        result["local"][epoch], result["gathered"][epoch] = local, gathered
-    result["local"][2] = [b.tolist() for b in train]  # no set_epoch: the loader counts full passes itself
+        result["local"][epoch] = listed(train)
+    result["local"][2] = listed(train)  # no set_epoch: the loader counts full passes itself
 
     # Resume in the middle of epoch 1, as after load_state: a fresh loader, set_epoch, skip what was seen.
-    fresh = accelerator.prepare(index_loader(SHARD_N, SHARD_BATCH, shuffle=True, seed=SHARD_SEED))
+    fresh = loader()
     fresh.set_epoch(1)
-    result["resumed"] = [b.tolist() for b in accelerator.skip_first_batches(fresh, SHARD_SKIP)]
-    # Same, with the epoch set on the skipping loader instead (accelerate's wrappers hide the sampler there).
-    skipping = accelerator.skip_first_batches(
-        accelerator.prepare(index_loader(SHARD_N, SHARD_BATCH, shuffle=True, seed=SHARD_SEED)), SHARD_SKIP
-    )
+    result["resumed"] = listed(accelerator.skip_first_batches(fresh, SHARD_SKIP))
+    # Same, with the epoch set on the skipping loader instead (accelerate's wrappers hide the dataset there).
+    skipping = accelerator.skip_first_batches(loader(), SHARD_SKIP)
     skipping.set_epoch(1)
-    result["resumed_via_skipping_loader"] = [b.tolist() for b in skipping]
+    result["resumed_via_skipping_loader"] = listed(skipping)
 
-    evaluation = accelerator.prepare(index_loader(SHARD_N, SHARD_BATCH, shuffle=False, seed=0))
+    evaluation = accelerator.prepare(index_loader(SHARD_N, SHARD_BATCH))
     result["eval_gathered"] = torch.cat([accelerator.gather_for_metrics(b) for b in evaluation]).tolist()
     Path(out_dir, f"rank{accelerator.process_index}.json").write_text(json.dumps(result))
     # Leave together and close the process group: a rank that exits while gloo's threads still run aborts
@@ -481,7 +571,8 @@ def _shard_worker(out_dir: str) -> None:
 
 
 def test_sharding_two_processes(tmp_path):
-    """`accelerate launch` with 2 CPU processes (gloo): disjoint shards covering every index once per epoch."""
+    """`accelerate launch` with 2 CPU processes (gloo): each global batch split between them, every image once per
+    epoch, no padding; exact mid-epoch resumption; evaluation gathers every index once."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -495,17 +586,15 @@ def test_sharding_two_processes(tmp_path):
     assert [r["world"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
 
     for epoch in ("0", "1", "2"):
-        unsharded = _epoch_order(SHARD_N, SHARD_BATCH, SHARD_SEED, int(epoch))
+        unsharded = _epoch_order(SHARD_N, 2 * SHARD_BATCH, SHARD_SEED, int(epoch))
         local = [rank["local"][epoch] for rank in ranks]
-        assert len(local[0]) == len(local[1])  # even batches on both processes
-        # Batch k of the unsharded order goes to process k % 2; the last round is padded with repeats.
-        interleaved = [i for pair in zip(*local) for batch in pair for i in batch]
-        assert interleaved[:SHARD_N] == unsharded
-        assert set(interleaved[SHARD_N:]) <= set(unsharded)
-        if epoch != "2":
-            for rank in ranks:  # gather_for_metrics drops the padding: every index exactly once
-                assert rank["gathered"][epoch] == unsharded
-    assert ranks[0]["gathered"]["0"] != ranks[0]["gathered"]["1"]
+        assert len(local[0]) == len(local[1]) == 7  # 6 global batches of 16, then 7 images: 4 + 3
+        interleaved = [i for pair in zip(*local) for indices, _, _ in pair for i in indices]
+        assert interleaved == unsharded  # every image exactly once, no padding
+        positions = [p for pair in zip(*local) for _, places, _ in pair for p in places]
+        assert positions == list(range(SHARD_N))
+        assert [part[2] for part in (local[0][-1], local[1][-1])] == [2 * 4 / 7, 2 * 3 / 7]
+    assert ranks[0]["local"]["0"] != ranks[0]["local"]["1"]
     for rank in ranks:
         assert rank["resumed"] == rank["local"]["1"][SHARD_SKIP:]
         assert rank["resumed_via_skipping_loader"] == rank["local"]["1"][SHARD_SKIP:]

@@ -127,13 +127,16 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def make_batch(split: data.DeviceSplit, indices, transform, augmentation, num_labels: int) -> Batch:
-    """A training batch: the images augmented on the device and, if the augmentation mixes, mixed with their labels."""
-    images, labels = split.batch(indices)
-    pixel_values, targets = transform(images, train=True), labels
+def make_batch(split: data.DeviceSplit, samples: dict, transform, augmentation, num_labels: int, seed: int,
+               epoch: int) -> Batch:
+    """A training batch from a `data.training_loader` batch: the images augmented on the device (each with the draws
+    of its (seed, epoch, place in the epoch)) and, if the augmentation mixes, mixed with their labels."""
+    images, labels = split.batch(samples["indices"])
+    keys = data.sample_keys(seed, epoch, samples["positions"])
+    pixel_values, targets = transform(images, train=True, sample_keys=keys), labels
     if augmentation.mixes:
         pixel_values, targets = data.mix_batch(pixel_values, labels, num_labels, augmentation)
-    return Batch(pixel_values, targets, labels)
+    return Batch(pixel_values, targets, labels, share=samples["share"])
 
 
 def training_step(model, batch: Batch, *, accelerator, optimizer, scheduler, methods: MethodList, task_loss,
@@ -144,7 +147,7 @@ def training_step(model, batch: Batch, *, accelerator, optimizer, scheduler, met
 
         def forward_loss():
             outputs = model(pixel_values=batch.pixel_values)
-            return methods.loss(task_loss(outputs.logits, batch.targets), outputs, batch)
+            return methods.loss(task_loss(outputs.logits, batch.targets), outputs, batch) * batch.share
 
         loss = forward_loss()
         accelerator.backward(loss)
@@ -244,15 +247,16 @@ class Trainer:
         skip = self.state["batches_in_epoch"] if epoch == self.state["epoch"] else 0
         loader = accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
         self.state["batches_in_epoch"] = skip
-        for indices in loader:
-            batch = make_batch(run.train_split, indices, run.train_transform, run.augmentation, run.info.num_labels)
+        for samples in loader:
+            batch = make_batch(run.train_split, samples, run.train_transform, run.augmentation, run.info.num_labels,
+                               self.args.seed, epoch)
             loss = training_step(run.model, batch, accelerator=accelerator, optimizer=self.optimizer,
                                  scheduler=self.scheduler, methods=self.methods, task_loss=self.task_loss,
                                  clipped_parameters=self.clipped_parameters, max_grad_norm=self.args.max_grad_norm)
             self.state["batches_in_epoch"] += 1
             self.running_loss += loss.detach()
             start, images, steps = self.window
-            self.window = (start, images + len(indices) * accelerator.num_processes, steps + 1)
+            self.window = (start, images + len(samples["indices"]) * accelerator.num_processes, steps + 1)
             if not accelerator.sync_gradients:
                 continue
             self.state["global_step"] += 1

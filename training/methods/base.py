@@ -38,12 +38,16 @@ class Batch:
     """One training batch as the methods see it.
 
     pixel_values: the augmented (and mixed) model inputs; targets: what the task loss compares with (class indices,
-    or soft targets after mixup / cutmix); labels: the unmixed labels; extras: what methods add for later hooks.
+    or soft targets after mixup / cutmix); labels: the unmixed labels; share: the factor the batch's mean loss is
+    scaled by so that the processes' average is the global batch's mean (processes × this batch's size / the global
+    batch's size: 1.0 but for the last batch of an epoch on several processes); extras: what methods add for later
+    hooks.
     """
 
     pixel_values: torch.Tensor
     targets: torch.Tensor
     labels: torch.Tensor
+    share: float = 1.0
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

@@ -225,8 +225,8 @@ class MaskedAutoencoderPretraining(TrainingMethod):
         args, accelerator = run.args, run.accelerator
         autoencoder = MaskedAutoencoder(run.model, self.mask_ratio,
                                         normalize_target=self.target == "patch_normalized").to(accelerator.device)
-        loader = data.index_loader(len(run.train_split), args.per_device_train_batch_size, shuffle=True,
-                                   seed=args.seed + 1)
+        loader = data.training_loader(len(run.train_split), args.per_device_train_batch_size, seed=args.seed + 1,
+                                      num_processes=accelerator.num_processes)
         optimizer = build_optimizer(args, autoencoder)
         autoencoder, optimizer, loader = accelerator.prepare(autoencoder, optimizer, loader)
         steps = self.epochs * len(loader)
@@ -243,9 +243,10 @@ class MaskedAutoencoderPretraining(TrainingMethod):
         for epoch in range(len(self.losses), self.epochs):
             loader.set_epoch(epoch)
             epoch_loss = torch.zeros((), device=accelerator.device)
-            for indices in loader:
-                images, _ = run.train_split.batch(indices)
-                loss = autoencoder(run.train_transform(images, train=True))
+            for samples in loader:
+                images, _ = run.train_split.batch(samples["indices"])
+                keys = data.sample_keys(args.seed + 1, epoch, samples["positions"])
+                loss = autoencoder(run.train_transform(images, train=True, sample_keys=keys)) * samples["share"]
                 accelerator.backward(loss)
                 if args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(autoencoder.parameters(), args.max_grad_norm)
