@@ -204,6 +204,11 @@ def main(argv=None, methods=None):
         sys.exit(2)
     take_output_dir(accelerator, args, output_dir)
     prepare_inputs(run, dataset)
+    if accelerator.num_processes > 1:
+        # From here on each process draws its own dropout / stochastic-depth masks (seed + process index): with one
+        # stream for all, every process would drop the same units for its part of the global batch. Everything that
+        # must be the same on all processes is built; accelerate broadcasts process 0's weights when it wraps them.
+        set_seed(args.seed, device_specific=True)
 
     # 4. The methods' stages before supervised training; a resumed supervised run has them behind it.
     if checkpoint is None:

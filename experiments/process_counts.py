@@ -1,6 +1,7 @@
 """How much the number of processes changes a run: the same recipe and global batch on 1 and on 2 processes.
 
     python experiments/process_counts.py --data_dir ../shared/data/medmnist --models cnn vit vit_lsa --num_epochs 3
+    python experiments/process_counts.py ... --models vit -- --config_overrides drop_path_rate=0   (more train.py args)
 
 Launches `accelerate launch train.py` once with 1 process (per-device batch B) and once with 2 CPU processes
 (`accelerate_configs/cpu_2proc.yaml`, per-device batch B / 2) for every model, each with the recipe's defaults, and
@@ -31,7 +32,7 @@ def train(launch: list[str], output_dir: Path, args, model: str, batch_size: int
     command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "train.py", "--model", model,
                "--dataset", args.dataset, "--num_epochs", str(args.num_epochs), "--seed", str(args.seed),
                "--per_device_train_batch_size", str(batch_size), "--output_dir", str(output_dir),
-               "--report_to", "none", *(["--data_dir", args.data_dir] if args.data_dir else [])]
+               "--report_to", "none", *(["--data_dir", args.data_dir] if args.data_dir else []), *args.train_args]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if completed.returncode != 0:
@@ -57,7 +58,9 @@ def main() -> None:
     parser.add_argument("--num_epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=128, help="the global batch (even)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: more train.py arguments")
     args = parser.parse_args()
+    args.train_args = [a for a in args.train_args if a != "--"]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for model in args.models:
@@ -66,8 +69,8 @@ def main() -> None:
                          str(free_port())], Path(folder, model, "two"), args, model, args.batch_size // 2)
             rows.append((model, largest_differences(one, two)))
     columns = list(rows[0][1])
-    print(f"{args.dataset}, {args.num_epochs} epochs, global batch {args.batch_size}, seed {args.seed}: "
-          "|1 process - 2 processes|")
+    print(f"{args.dataset}, {args.num_epochs} epochs, global batch {args.batch_size}, seed {args.seed}"
+          f"{' ' + ' '.join(args.train_args) if args.train_args else ''}: |1 process - 2 processes|")
     print("| model | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for model, differences in rows:

@@ -199,6 +199,24 @@ def test_two_processes_match_one_process_with_augmentation_and_a_short_last_batc
         assert torch.allclose(tensor.float(), weights[1][name].float(), atol=1e-4), name
 
 
+def test_each_process_draws_its_own_dropout_masks(data_dir, tmp_path):
+    """Dropout and stochastic depth come from each process's own random stream (seed + process index): the saved
+    random states of the two processes differ, and a rerun saves the same ones."""
+    from accelerate.utils import load
+
+    states = []
+    for name in ("run", "again"):
+        accelerate_train(["--config_file", str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port",
+                          str(free_port())],
+                         *train_args(data_dir, tmp_path / name, "--model", "vit", "--config_overrides", TINY_VIT,
+                                     "--num_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none"))
+        checkpoint = tmp_path / name / "checkpoints" / "step_3"
+        states.append([load(checkpoint / f"random_states_{rank}.pkl", map_location="cpu") for rank in (0, 1)])
+    assert not torch.equal(states[0][0]["torch_manual_seed"], states[0][1]["torch_manual_seed"])
+    for rank in (0, 1):
+        assert torch.equal(states[0][rank]["torch_manual_seed"], states[1][rank]["torch_manual_seed"])
+
+
 def test_two_machines_on_localhost_train_together(data_dir, tmp_path):
     port = str(free_port())
     common = ("--model", "cnn", "--num_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none")
