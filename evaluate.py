@@ -1,8 +1,13 @@
 #!/usr/bin/env python
-"""Evaluate a saved checkpoint on a MedMNIST split, on one or many processes through accelerate.
+"""Evaluate a saved checkpoint on a split of a MedMNIST data set or of your own images, on one or many processes.
 
     accelerate launch evaluate.py --model_name_or_path runs/<run>/best --dataset breastmnist
     python evaluate.py --model_name_or_path user/medmnist-vit --dataset bloodmnist --split validation
+    python evaluate.py --model_name_or_path runs/<run>/best --dataset path/to/my_images --split test
+
+Your own images take the data arguments of train.py (`--dataset` folder or name, `--train_dir` / `--validation_dir` /
+`--test_dir`, `--train_val_split` with the run's `--seed` for a validation split cut from train, ...); they are
+decoded at the checkpoint's input size.
 
 The checkpoint is any `save_pretrained` folder of this project (or its Hub id): the model loads with the installed
 model code (never the copy a checkpoint ships; another model type's code runs only with `--trust_remote_code`), its
@@ -46,12 +51,15 @@ from accelerate.logging import get_logger
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from transformers import HfArgumentParser
 
 import data
 import metrics
+from data.arguments import DataSourceArguments, data_name, open_image_data, resolve_data_source
 from data.medmnist_files import check_flag_and_size
 from metrics import plots
-from models.checkpoint_fit import CheckpointError, load_for_inference
+from models.checkpoint_fit import (CheckpointError, load_checkpoint_description, load_for_inference,
+                                   processor_geometry)
 from training.run_records import check_writable
 
 logger = get_logger(__name__)
@@ -62,7 +70,7 @@ SPLIT_ALIASES = {"val": "validation"}  # medmnist's own name for the validation 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and check the arguments; a bad one exits here (status 2), before any file is read or written."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = HfArgumentParser([DataSourceArguments], description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model_name_or_path", required=True,
         help="A checkpoint folder saved by this project (save_pretrained + image processor) or its Hub model id.")
@@ -70,30 +78,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--trust_remote_code", action="store_true",
         help="Allow a checkpoint of another model type whose code comes with it (that code runs). This project's own "
              "model types load with the installed code and never need it.")
-    add("--dataset", required=True, help="MedMNIST 2D flag, e.g. breastmnist, bloodmnist.")
     add("--split", default="test", choices=[*SPLITS, *SPLIT_ALIASES], help="Split to evaluate (default: test).")
-    add("--data_dir", default=None, help="Folder with the MedMNIST npz files (default: $MEDMNIST_DATA_DIR, then "
-                                         "medmnist's root, ~/.medmnist). A file missing there comes from the bundled "
-                                         "copy (breastmnist, 28 px) or is downloaded.")
-    add("--image_size", type=int, default=28, choices=data.SIZES,
-        help="Size of the MedMNIST file to read (default 28); the checkpoint's processor resizes to the model input.")
     add("--output_dir", default=None, help="Default: <checkpoint>-eval-<split> (beside it) for a local checkpoint, else "
                                            "./eval-<dataset>-<split>.")
     add("--per_device_eval_batch_size", type=int, default=256, help="Batch size per process (default 256).")
-    add("--no_verify_checksum", action="store_true",
-        help="Accept a data file whose MD5 differs from medmnist.INFO (synthetic or re-packed files). Logged loudly "
-             "and recorded in metrics.json.")
     add("--bootstrap_samples", type=int, default=1000,
         help="Resamples for the 95%% intervals of ACC and AUC (default 1000; 0 skips them).")
-    add("--seed", type=int, default=42, help="Seed of the bootstrap resampling (default 42, train.py's default, so "
-                                             "that the test metrics of a training run are reproduced, to float "
-                                             "rounding).")
+    add("--seed", type=int, default=42, help="Seed of the bootstrap resampling and of a validation split cut from "
+                                             "your own data's train split (default 42, train.py's default, so that "
+                                             "a training run's split and test metrics are reproduced).")
     args = parser.parse_args(argv)
 
     args.split = SPLIT_ALIASES.get(args.split, args.split)
     try:
-        args.dataset, _ = check_flag_and_size(args.dataset, args.image_size)
-    except data.MedMNISTDataError as error:
+        resolve_data_source(args)
+        if not args.own_data:
+            args.dataset, _ = check_flag_and_size(args.dataset, args.image_size)
+    except (ValueError, data.MedMNISTDataError) as error:
         parser.error(str(error))
     if args.per_device_eval_batch_size < 1:
         parser.error(f"--per_device_eval_batch_size must be at least 1, got {args.per_device_eval_batch_size}.")
@@ -113,7 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         except HFValidationError:
             parser.error(f"--model_name_or_path {args.model_name_or_path!r} is neither an existing checkpoint folder "
                          "nor a valid Hub model id (namespace/name).")
-        default_output = Path(f"eval-{args.dataset}-{args.split}")
+        default_output = Path(f"eval-{data_name(args)}-{args.split}")
     args.output_dir = Path(args.output_dir).expanduser() if args.output_dir else default_output
     if args.output_dir.exists() and not args.output_dir.is_dir():
         parser.error(f"--output_dir {args.output_dir} exists and is not a folder.")
@@ -158,6 +159,22 @@ def write_outputs(output_dir: Path, record: dict, scores: np.ndarray, labels: np
                                                                 allow_nan=False) + "\n"))
 
 
+def load_own_images(args):
+    """The requested split of the user's images, decoded at the checkpoint's input size, their `MedMNISTInfo` and
+    the checkpoint (checked to fit them first)."""
+    images = open_image_data(args, args.seed)
+    if args.split not in images.splits:
+        raise data.ImageDataError(f"{images.source} has no {args.split} split (it has {', '.join(images.splits)}); "
+                                  "choose one with --split.")
+    _, processor = load_checkpoint_description(args.model_name_or_path, args.revision, args.trust_remote_code)
+    height, _, _, _ = processor_geometry(processor)
+    size = height or args.image_size
+    info = images.info_at(size)
+    checkpoint = load_for_inference(args.model_name_or_path, info, args.revision,
+                                    trust_remote_code=args.trust_remote_code)
+    return images.decode(size, splits=(args.split,)), info, checkpoint
+
+
 def main(argv=None) -> dict | None:
     """Run the evaluation; returns the metrics.json record on the main process, None on the others."""
     args = parse_args(argv)
@@ -173,19 +190,23 @@ def main(argv=None) -> dict | None:
                        "metrics.json shows checksum_verified: true.\n" + "!" * 100)
 
     # 1. What the checkpoint expects and what the data set is, checked against each other before any inference.
-    with accelerator.main_process_first():  # one process converts / downloads, the others read its cache
-        dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
-                                     verify_checksum=not args.no_verify_checksum)
-    info = data.medmnist_info(dataset)
-    checkpoint = load_for_inference(args.model_name_or_path, info, args.revision,
-                                    trust_remote_code=args.trust_remote_code)
+    if args.own_data:
+        dataset, info, checkpoint = load_own_images(args)
+    else:
+        with accelerator.main_process_first():  # one process converts / downloads, the others read its cache
+            dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
+                                         verify_checksum=not args.no_verify_checksum)
+        info = data.medmnist_info(dataset)
+        checkpoint = load_for_inference(args.model_name_or_path, info, args.revision,
+                                        trust_remote_code=args.trust_remote_code)
     metrics.load_metrics(info.task)  # the local evaluate modules, on every process: a loading problem shows up now
 
     # 2. The model (no DDP wrapper: inference needs no gradient synchronisation) and the processor's transform.
     config, model = checkpoint.config, checkpoint.model.to(accelerator.device)
     transform = data.BatchTransform.for_evaluation(checkpoint.image_size, checkpoint.mean, checkpoint.std)
     transform = transform.to(accelerator.device)
-    split = data.DeviceSplit.from_dataset(dataset[args.split], accelerator.device)
+    split = (dataset[args.split].to(accelerator.device) if args.own_data
+             else data.DeviceSplit.from_dataset(dataset[args.split], accelerator.device))
     logger.info(f"Evaluating {args.model_name_or_path} ({config.model_type}) on {info.flag} {args.split}: "
                 f"{len(split)} images on {accelerator.num_processes} process(es), "
                 f"{args.per_device_eval_batch_size} per batch")
@@ -222,8 +243,9 @@ def main(argv=None) -> dict | None:
             },
         }
         write_outputs(args.output_dir, record, scores, labels, info)
+        unverified = not info.checksum_verified and info.source == "medmnist"
         title = (f"{info.flag} {args.split} ({info.size} px, {len(split)} images), model "
-                 f"{args.model_name_or_path}" + ("" if info.checksum_verified else "  [data MD5 NOT verified]"))
+                 f"{args.model_name_or_path}" + ("  [data MD5 NOT verified]" if unverified else ""))
         print("\n" + metrics.format_report(results, title=title) + f"\n\nWritten to {args.output_dir}/", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -233,5 +255,5 @@ def main(argv=None) -> dict | None:
 if __name__ == "__main__":
     try:
         main()
-    except (CheckpointError, data.MedMNISTDataError) as error:
+    except (CheckpointError, data.MedMNISTDataError, data.ImageDataError) as error:
         sys.exit(f"evaluate.py: error: {error}")

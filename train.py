@@ -28,6 +28,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 import data
 import models
+from data.arguments import open_image_data
 from training import methods as training_methods
 from training.arguments import augmentation_config, parse_arguments, public_config
 from training.batch_norm import synchronize_batch_norm
@@ -58,8 +59,18 @@ def configure_logging(accelerator) -> None:
         logging.getLogger().setLevel(logging.WARNING)
 
 
-def load_data(args):
-    """The data set (a cross-validation fold of it, if asked) and its `MedMNISTInfo`."""
+def load_data(args, device):
+    """The data set and its `MedMNISTInfo`: a MedMNIST `DatasetDict` (a cross-validation fold of it, if asked) or
+    the user's own images (`data.ImageData`, decoded once the model's input size is known)."""
+    if args.own_data:
+        images = open_image_data(args, args.seed)
+        images.check_memory(args.config_overrides.get("image_size", args.image_size), device)
+        logger.info(f"Data: {images.source}: {images.num_channels}-channel images of {len(images.label_names)} "
+                    f"classes ({', '.join(images.label_names)}); "
+                    + ", ".join(f"{name} {count}" for name, count in images.sizes().items())
+                    + (f" (validation: a stratified {images.validation_cut_from_train:.0%} of train, seed {args.seed})"
+                       if images.validation_cut_from_train else ""))
+        return images, images.info
     dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
                                  verify_checksum=not args.no_verify_checksum)
     if args.cross_validation_folds:
@@ -79,11 +90,24 @@ def take_output_dir(accelerator, args, output_dir: Path) -> None:
     accelerator.wait_for_everyone()
 
 
+def decode_own_images(images: data.ImageData, model, accelerator):
+    """The user's images at the model's input size, on the CPU (refused up front if they would not fit), and their
+    `MedMNISTInfo` at that size."""
+    size = model.config.image_size
+    images.check_memory(size, accelerator.device)  # again: the model may take another size than --image_size
+    per_image = images.num_channels * size * size
+    logger.info(f"Images decoded at the model's input size: {images.num_channels}×{size}×{size} uint8, {per_image} "
+                f"bytes an image, {images.bytes_needed(size) / 2**20:.1f} MiB for all splits")
+    return images.decode(size), images.info_at(size)
+
+
 def prepare_inputs(run: Run, dataset) -> None:
     """Each split as one uint8 tensor on the device; normalisation, the train / eval transforms, the processor."""
     device, channels = run.accelerator.device, run.info.num_channels
     run.train_split, run.validation_split, run.test_split = (
-        data.DeviceSplit.from_dataset(dataset[name], device) for name in ("train", "validation", "test"))
+        (dataset[name].to(device) if isinstance(dataset[name], data.DeviceSplit)
+         else data.DeviceSplit.from_dataset(dataset[name], device)) if name in dataset else None
+        for name in ("train", "validation", "test"))
     if run.args.normalization == "train_stats":
         run.mean, run.std = data.channel_mean_std(run.train_split.images)
     else:
@@ -122,7 +146,7 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
         trainer.writer.add_image("train/augmented_samples", torchvision.utils.make_grid(to_pixels(shown)), 0)
     methods.log_start(accelerator, trainer.writer, to_pixels)
     if accelerator.is_main_process:
-        logger.info(f"{args.model} on {args.dataset}: {len(run.train_split)} training images, "
+        logger.info(f"{args.model} on {run.info.flag}: {len(run.train_split)} training images, "
                     f"{trainer.updates_per_epoch} updates per epoch × {trainer.num_epochs} epochs, global batch "
                     f"{args.per_device_train_batch_size} × {accelerator.num_processes} processes × "
                     f"{args.gradient_accumulation_steps} accumulation"
@@ -186,9 +210,14 @@ def main(argv=None, methods=None):
 
     # 3. Data, model and methods. Everything that can be wrong is found here, before anything is written.
     try:
-        dataset, info = load_data(args)
+        dataset, info = load_data(args, accelerator.device)
         model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,
                                    problem_type=info.problem_type, **args.config_overrides)
+        if args.own_data:
+            dataset, info = decode_own_images(dataset, model, accelerator)
+            if "test" not in dataset and not args.skip_test:
+                logger.info("The data has no test split: the run ends after validation (test_metrics null).")
+                args.skip_test = True
         if accelerator.num_processes > 1 and synchronize_batch_norm(model, accelerator.device):
             logger.info("BatchNorm normalises with the statistics of the global batch (synchronised over "
                         f"{accelerator.num_processes} processes).")
@@ -219,7 +248,7 @@ def main(argv=None, methods=None):
                                         num_processes=accelerator.num_processes, repeats=args.repeated_augmentation)
     train_loader, validation_loader, test_loader = accelerator.prepare(  # prepared once: part of every saved state
         train_loader,
-        *(data.index_loader(len(split), args.per_device_eval_batch_size)
+        *(data.index_loader(len(split), args.per_device_eval_batch_size) if split is not None else None
           for split in (run.validation_split, run.test_split)))
     updates_per_epoch = -(-len(train_loader) // args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch

@@ -47,6 +47,7 @@ from .device_pipeline import (
     training_loader,
 )
 from .sample_random import SampleRandom, sample_keys
+from .image_data import ImageData, ImageDataError
 from .info import MedMNISTInfo, medmnist_info
 from .loading import CACHE_FORMAT_VERSION, default_cache_dir, load_medmnist
 from .medmnist_files import (
@@ -78,6 +79,8 @@ __all__ = [
     "EpochSamples",
     "GlobalBatchSampler",
     "IndexDataset",
+    "ImageData",
+    "ImageDataError",
     "IndexLoader",
     "MedMNISTDataError",
     "MedMNISTInfo",

@@ -79,6 +79,10 @@ class DeviceSplit:
     def __len__(self) -> int:
         return len(self.images)
 
+    def to(self, device: torch.device | str) -> DeviceSplit:
+        """This split on `device` (itself if it is there already)."""
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
     @property
     def device(self) -> torch.device:
         return self.images.device

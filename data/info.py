@@ -41,6 +41,8 @@ class MedMNISTInfo:
         file_path: the npz file the data came from (None for `medmnist_info("flag")`).
         md5: the actual MD5 of that file (None without a file).
         url: the official download URL; expected_md5: the MD5 `medmnist.INFO` records.
+        source: "medmnist" for the official files, "images" for a user's own (`data.ImageData`: no file, MD5,
+            URL or known licence).
     """
 
     flag: str
@@ -56,6 +58,7 @@ class MedMNISTInfo:
     md5: str | None
     url: str
     expected_md5: str
+    source: str = "medmnist"
 
     @property
     def problem_type(self) -> str:

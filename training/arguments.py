@@ -28,16 +28,14 @@ from transformers import HfArgumentParser, SchedulerType
 import data
 import models
 
+from data.arguments import DataSourceArguments, arg, data_name, resolve_data_source
+
 from .recipes import RECIPE_NAMES, recipe_defaults
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 SELECTION_METRICS = ("auc", "acc", "loss", "last")
 AUGMENTATION_OVERRIDES = ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate", "zoom", "rotation_degrees",
                           "vertical_flip")
-
-
-def arg(default=None, help: str = "", **metadata):  # noqa: A002 - argparse's own word
-    return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclasses.dataclass
@@ -51,15 +49,8 @@ class ModelArguments:
 
 
 @dataclasses.dataclass
-class DataArguments:
+class DataArguments(DataSourceArguments):
     _argument_group_name = "data"
-    dataset: str = arg("breastmnist", "MedMNIST 2D flag, e.g. breastmnist, bloodmnist.")
-    data_dir: str | None = arg(None, "Folder with the official npz files (default: $MEDMNIST_DATA_DIR, then medmnist's "
-                                     "own root). A file missing there comes from the bundled copy (breastmnist, 28 px) "
-                                     "or is downloaded.")
-    image_size: int = arg(28, "Size of the MedMNIST files to read (28, 64, 128, 224). The model's input size is its "
-                              "config's image_size.")
-    no_verify_checksum: bool = arg(False, "Skip the MD5 check of the data file (logged loudly).")
     normalization: Literal["train_stats", "half"] | None = arg(
         None, "train_stats: the training split's per-channel mean/std; half: (x - 0.5) / 0.5.")
     augmentation: str | None = arg(None, "Augmentation preset (data.AugmentationConfig): none, shift (random shifts "
@@ -215,6 +206,7 @@ def parse_arguments(argv: list[str] | None = None, method_groups=(), description
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args = SimpleNamespace(**{k: v for group in groups for k, v in vars(group).items() if k != "config"})
     try:
+        resolve_data_source(args)
         apply_recipe(args)
         if check is not None:
             check(args)
@@ -222,14 +214,14 @@ def parse_arguments(argv: list[str] | None = None, method_groups=(), description
         parser.error(str(error))
     check_arguments(args, parser)
     if args.output_dir is None:
-        args.output_dir = os.path.join("runs", f"{args.dataset}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        args.output_dir = os.path.join("runs", f"{data_name(args)}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     return args
 
 
 def apply_recipe(args) -> None:
     """Fill every unset training argument with the recipe's value; the user's config overrides go last."""
     user_overrides = parse_config_overrides(args.config_overrides or "")
-    values = recipe_defaults(args.recipe, args.model, args.image_size, args.dataset,
+    values = recipe_defaults(args.recipe, args.model, args.image_size, None if args.own_data else args.dataset,
                              convolutional_tokenizer=user_overrides.get("use_convolutional_tokenizer"))
     for key, value in values.items():
         if key == "config_overrides":
@@ -278,4 +270,4 @@ def augmentation_config(args) -> data.AugmentationConfig:
 
 def public_config(args) -> dict:
     """The run's resolved arguments without secrets: what goes to run_config.json, TensorBoard and the card."""
-    return {k: v for k, v in vars(args).items() if k != "hub_token"}
+    return {k: v for k, v in vars(args).items() if k not in ("hub_token", "own_data")}

@@ -53,9 +53,16 @@ def _distillation_note(teacher: str | list[str] | None) -> str:
     return f"\nDistilled from the teacher `{teacher}` (`--teacher_model_name_or_path`).\n"
 
 
+def _data_licence(data: dict) -> str:
+    return (f"Data licence: {data.get('license', 'CC BY 4.0')}. Cite MedMNIST v2: Jiancheng Yang et al., \"MedMNIST "
+            "v2 – A large-scale\nlightweight benchmark for 2D and 3D biomedical image classification\", Scientific "
+            "Data, 2023.")
+
+
 def model_card(summary: dict) -> str:
     """A model card (README.md) from a run summary: metrics table, data set, licence, the command that made it."""
     data = summary["dataset"]
+    medmnist = data.get("source", "medmnist") == "medmnist"
     validation, test = summary.get("validation_metrics"), summary.get("test_metrics")
     rows = "\n".join(
         f"| {split} | {_format_metric(m, 'acc')} | {_format_metric(m, 'auc')} |"
@@ -66,16 +73,16 @@ library_name: transformers
 license: {data.get("license_id", "cc-by-4.0")}
 pipeline_tag: image-classification
 tags:
-- medmnist
+{"- medmnist" if medmnist else "- medical-imaging"}
 - {data["flag"]}
 - {summary["model_name"]}
-datasets:
-- medmnist
+{"datasets:" if medmnist else ""}
+{"- medmnist" if medmnist else ""}
 ---
 
 # {summary["model_name"]} on {data["flag"]} ({data["size"]}×{data["size"]})
 
-Trained from scratch on MedMNIST's `{data["flag"]}` ({data.get("task", "")}, {len(data.get("label_names", []))} labels:
+Trained from scratch on {"MedMNIST's" if medmnist else "the images of"} `{data["flag"]}` ({data.get("task", "")}, {len(data.get("label_names", []))} labels:
 {", ".join(data.get("label_names", []))}). Model chosen on the validation split by `{summary["selection_metric"]}`
 at epoch {summary.get("best_epoch")}; {"the test split was evaluated once, on that model" if test else
 "the test split was not evaluated (`--skip_test`)"}.
@@ -97,8 +104,7 @@ classify = pipeline("image-classification", model="<this repo>", trust_remote_co
 
 {data.get("description", "")}
 
-Data licence: {data.get("license", "CC BY 4.0")}. Cite MedMNIST v2: Jiancheng Yang et al., "MedMNIST v2 – A large-scale
-lightweight benchmark for 2D and 3D biomedical image classification", Scientific Data, 2023.
+{_data_licence(data) if medmnist else "Data licence: the data owner's (not recorded)."}
 
 ## How it was made
 

@@ -336,7 +336,8 @@ class Trainer:
             "model_name": self.args.model, "selection_metric": self.args.selection_metric,
             "best_epoch": self.state["best_epoch"], "methods": self.methods.names(), **self.methods.record(),
             "validation_metrics": best["metrics"] if best else None, "test_metrics": test_metrics,
-            "dataset": {**dataclasses.asdict(self.run.info), "license_id": "cc-by-4.0"}, "command": self.command,
+            "dataset": {**dataclasses.asdict(self.run.info),
+                        "license_id": "cc-by-4.0" if self.run.info.source == "medmnist" else "other"}, "command": self.command,
             "hardware": self.hardware, "wall_clock_seconds": self.run.wall_clock(),
         }
 
