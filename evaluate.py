@@ -60,6 +60,7 @@ from data.medmnist_files import check_flag_and_size
 from metrics import plots
 from models.checkpoint_fit import (CheckpointError, load_checkpoint_description, load_for_inference,
                                    processor_geometry)
+from training.hardware import configure_cpu_threads
 from training.run_records import check_writable
 
 logger = get_logger(__name__)
@@ -181,6 +182,8 @@ def main(argv=None) -> dict | None:
     accelerator = Accelerator()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO if accelerator.is_main_process else logging.ERROR)
+    threads, why = configure_cpu_threads(accelerator)
+    logger.info(f"CPU threads per process: {threads} ({why})")
     if not accelerator.is_local_main_process:  # one set of logs and progress bars per machine
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()

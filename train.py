@@ -32,7 +32,7 @@ from data.arguments import open_image_data
 from training import methods as training_methods
 from training.arguments import augmentation_config, parse_arguments, public_config
 from training.batch_norm import synchronize_batch_norm
-from training.hardware import cpu_has_fast_bf16, hardware_description
+from training.hardware import configure_cpu_threads, cpu_has_fast_bf16, hardware_description
 from training.hub import HubPushError, open_hub_pusher, redact_argv
 from training.optimization import build_optimizer, build_scheduler
 from training.run_records import check_output_dir, clear_run_folder, write_run_config
@@ -203,6 +203,9 @@ def main(argv=None, methods=None):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     configure_logging(accelerator)
+    threads, why = configure_cpu_threads(accelerator)
+    if accelerator.is_main_process:
+        logger.info(f"CPU threads per process: {threads} ({why})")
     set_seed(args.seed)
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and not cpu_has_fast_bf16():
         logger.warning("bf16 on this CPU (no AMX / AVX-512 BF16) is emulated and much slower than fp32: launch with "

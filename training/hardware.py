@@ -1,4 +1,5 @@
-"""What the run ran on (recorded in all_results.json and the model card), and whether bf16 pays on this CPU."""
+"""What the run ran on (recorded in all_results.json and the model card), whether bf16 pays on this CPU, and how
+many CPU threads a process uses."""
 
 import os
 import platform
@@ -27,6 +28,60 @@ def cpu_has_fast_bf16() -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+def _parent_launch() -> tuple[dict[str, str], list[str]] | None:
+    """(environment, command line) of the parent process if it is `accelerate launch`, else None (Linux's /proc)."""
+    try:
+        parent = Path("/proc") / str(os.getppid())
+        command = parent.joinpath("cmdline").read_bytes().decode(errors="replace").split("\0")
+        if not any(word.endswith("accelerate") or word.endswith("accelerate.commands.launch") for word in command):
+            return None
+        entries = parent.joinpath("environ").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry), command
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (its CPU affinity: a container's or a job's share of the machine)."""
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        logical = psutil.cpu_count(logical=True) or cores
+    except ImportError:
+        cores = logical = os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
+    return max(1, min(cores, allowed * cores // logical))
+
+
+def choose_cpu_threads(local_processes: int) -> tuple[int, str]:
+    """(threads, why) for this process's torch. The user's choice wins (`OMP_NUM_THREADS` set before the launch, or
+    `accelerate launch --num_cpu_threads_per_process`); `accelerate launch` otherwise sets 1 thread a process on a
+    CPU machine, which leaves cores idle: then the physical cores are shared out between the local processes."""
+    parent = _parent_launch()
+    if parent is None:
+        return torch.get_num_threads(), "torch's choice" + (
+            " (OMP_NUM_THREADS)" if "OMP_NUM_THREADS" in os.environ else "")
+    environment, command = parent
+    if "OMP_NUM_THREADS" in environment or any(w.startswith("--num_cpu_threads_per_process") for w in command):
+        return torch.get_num_threads(), "as set for accelerate launch"
+    return max(1, physical_cores() // max(1, local_processes)), (
+        f"{physical_cores()} physical cores shared by {local_processes} process(es)")
+
+
+def configure_cpu_threads(accelerator) -> tuple[int, str]:
+    """Set torch's CPU threads as `choose_cpu_threads` says, on CPU runs; returns (threads, why)."""
+    if accelerator.device.type != "cpu":
+        return torch.get_num_threads(), "not a CPU run: left as launched"
+    threads, why = choose_cpu_threads(_local_processes(accelerator))
+    torch.set_num_threads(threads)
+    return threads, why
+
+
+def _local_processes(accelerator) -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", max(1, accelerator.num_processes)))
+
+
 def hardware_description(accelerator) -> dict:
     if accelerator.device.type == "cuda":
         device_name = torch.cuda.get_device_name(accelerator.device)
@@ -37,6 +92,7 @@ def hardware_description(accelerator) -> dict:
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "cpu_count": os.cpu_count(),
+        "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     return {**hardware, "description": describe_hardware(hardware)}
