@@ -56,7 +56,6 @@ from transformers import HfArgumentParser
 import data
 import metrics
 from data.arguments import DataSourceArguments, data_name, open_image_data, resolve_data_source
-from data.medmnist_files import check_flag_and_size
 from metrics import plots
 from models.checkpoint_fit import (CheckpointError, load_checkpoint_description, load_for_inference,
                                    processor_geometry)
@@ -93,8 +92,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.split = SPLIT_ALIASES.get(args.split, args.split)
     try:
         resolve_data_source(args)
-        if not args.own_data:
-            args.dataset, _ = check_flag_and_size(args.dataset, args.image_size)
     except (ValueError, data.MedMNISTDataError) as error:
         parser.error(str(error))
     if args.per_device_eval_batch_size < 1:

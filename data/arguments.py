@@ -8,10 +8,11 @@ depend on the source (MedMNIST or the user's own images) and refuses combination
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from pathlib import Path
 
 from .image_data import ImageData
-from .medmnist_files import flags_2d, flags_3d
+from .medmnist_files import check_flag_and_size, flags_2d, flags_3d
 
 
 def arg(default=None, help: str = "", **metadata):  # noqa: A002 - argparse's own word
@@ -60,7 +61,8 @@ def resolve_data_source(args) -> None:
         if getattr(args, "cross_validation_folds", 0):
             raise ValueError("--cross_validation_folds works on MedMNIST data sets only.")
     else:
-        args.image_size = 28 if args.image_size is None else args.image_size
+        args.dataset, args.image_size = check_flag_and_size(args.dataset, 28 if args.image_size is None
+                                                            else args.image_size)
         for name in ("validation_dir", "test_dir"):
             if getattr(args, name) is not None:
                 raise ValueError(f"--{name} goes with --train_dir (your own images), not with --dataset "
@@ -68,8 +70,17 @@ def resolve_data_source(args) -> None:
 
 
 def is_medmnist(args) -> bool:
-    """Whether the arguments name a MedMNIST flag (rather than the user's own images)."""
-    return args.train_dir is None and args.dataset.lower() in (*flags_2d(), *flags_3d())
+    """Whether the arguments name a MedMNIST flag (rather than the user's own images). A name that is no folder but
+    looks like a flag (`...mnist`, or a near miss such as `bloodmnsit`) is taken for one, so that a typo gets
+    MedMNIST's "Unknown flag" message with the valid flags instead of a failed data set download."""
+    if args.train_dir is not None:
+        return False
+    name = args.dataset.strip().lower()
+    if name in (*flags_2d(), *flags_3d()):
+        return True
+    if Path(args.dataset).expanduser().exists():
+        return False
+    return name.endswith(("mnist", "mnist3d")) or bool(difflib.get_close_matches(name, flags_2d(), n=1, cutoff=0.8))
 
 
 def data_name(args) -> str:

@@ -233,7 +233,7 @@ def test_fit_check_catches_input_size_label_names_and_problem_type(workspace, tm
     ({"--dataset": "nosuchmnist"}, "Unknown MedMNIST flag"),
     ({"--dataset": "organmnist3d"}, "3D MedMNIST data set"),
     ({"--split": "holdout"}, "invalid choice: 'holdout'"),
-    ({"--image_size": "32"}, "invalid choice: 32"),
+    ({"--image_size": "32"}, "Unknown MedMNIST image size 32"),
     ({"--per_device_eval_batch_size": "0"}, "must be at least 1"),
     ({"--bootstrap_samples": "-1"}, "must be 0"),
     ({"--model_name_or_path": "./no/such/folder"}, "neither an existing checkpoint folder nor a valid Hub model id"),
