@@ -139,8 +139,8 @@ def read_starting_checkpoint(name_or_path: str, trust_remote_code: bool = False,
     what = f"--model_name_or_path {name_or_path}"
     weights_sha256 = checkpoint_weights_sha256(name_or_path, what)
     if expected_sha256 is not None and weights_sha256 != expected_sha256:
-        found = f"its weights' SHA-256 is {weights_sha256}" if weights_sha256 else "it is not a local folder with a " \
-            f"{WEIGHTS_NAME}, so its weights cannot be checked"
+        found = (f"its weights' SHA-256 is {weights_sha256}" if weights_sha256 else
+                 f"it is not a local folder with a {WEIGHTS_NAME}, so its weights cannot be checked")
         raise CheckpointError(f"{what}: {found}, not {expected_sha256} (--model_weights_sha256, recorded by the run "
                               "that started from it). Pass the checkpoint that run started from, or leave "
                               "--model_weights_sha256 out to start from this one.")

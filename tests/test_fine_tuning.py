@@ -3,7 +3,6 @@ synthetic data (labels, channels, normalisation from the checkpoint's processor,
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -111,6 +110,18 @@ def test_num_channels_converts_rgb_as_pil_does(tmp_path):
     assert back_info.num_channels == 3
     np.testing.assert_array_equal(data.DeviceSplit.from_dataset(back["train"]).images.numpy(),
                                   np.repeat(as_pil[:, None], 3, axis=1))
+
+
+def test_recipe_for_a_checkpoint_leaves_the_architecture_to_it():
+    from training.recipes import fine_tuning_defaults, recipe_defaults
+
+    cnn = fine_tuning_defaults("default", "cnn", "bloodmnist")
+    assert "config_overrides" not in cnn and "normalization" not in cnn
+    assert {key: value for key, value in recipe_defaults("default", "cnn", 28, "bloodmnist").items()
+            if key not in ("config_overrides", "normalization")} == cnn  # the family's and the data set's values
+    other = fine_tuning_defaults("default", None, "bloodmnist")  # a transformers model: no family layer
+    assert (other["weight_decay"], other["warmup_epochs"], other["zoom"]) == (0.05, 10.0, 0.0)
+    assert "config_overrides" not in other and "normalization" not in other
 
 
 @pytest.mark.parametrize("extra,message", [
