@@ -196,7 +196,7 @@ def main(argv=None) -> dict | None:
         with accelerator.main_process_first():  # one process converts / downloads, the others read its cache
             dataset = data.load_medmnist(args.dataset, size=args.image_size, data_dir=args.data_dir,
                                          verify_checksum=not args.no_verify_checksum)
-        info = data.medmnist_info(dataset)
+        dataset, info = data.convert_channels(dataset, data.medmnist_info(dataset), args.num_channels)
         checkpoint = load_for_inference(args.model_name_or_path, info, args.revision,
                                         trust_remote_code=args.trust_remote_code)
     metrics.load_metrics(info.task)  # the local evaluate modules, on every process: a loading problem shows up now

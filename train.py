@@ -4,6 +4,8 @@
     accelerate launch train.py --model vit_lsa --dataset breastmnist
     python train.py --model cnn --dataset bloodmnist --data_dir ../shared/data/medmnist   # one process
     python train.py my_run.yaml --seed 1                                                  # a config file + flags
+    python train.py --model_name_or_path runs/<run>/best --dataset bloodmnist --num_channels 1 \
+        --ignore_mismatched_sizes                                                         # fine-tune a checkpoint
 
 Each epoch validates on the validation split (ACC / AUC as MedMNIST defines them); the best model by
 `--selection_metric` goes to `output_dir/best`, the latest to `output_dir/last` (both `save_pretrained` folders with
@@ -29,6 +31,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 import data
 import models
 from data.arguments import open_image_data
+from models.fine_tuning import load_starting_model, read_starting_checkpoint
 from training import methods as training_methods
 from training.arguments import augmentation_config, parse_arguments, public_config
 from training.batch_norm import synchronize_batch_norm
@@ -60,8 +63,9 @@ def configure_logging(accelerator) -> None:
 
 
 def load_data(args, device):
-    """The data set and its `MedMNISTInfo`: a MedMNIST `DatasetDict` (a cross-validation fold of it, if asked) or
-    the user's own images (`data.ImageData`, decoded once the model's input size is known)."""
+    """The data set and its `MedMNISTInfo`: a MedMNIST `DatasetDict` (a cross-validation fold of it, if asked;
+    `--num_channels` applied) or the user's own images (`data.ImageData`, decoded once the model's input size is
+    known)."""
     if args.own_data:
         images = open_image_data(args, args.seed)
         images.check_memory(args.config_overrides.get("image_size", args.image_size), device)
@@ -76,7 +80,7 @@ def load_data(args, device):
     if args.cross_validation_folds:
         dataset = data.cross_validation_split(dataset, args.cross_validation_folds, args.cross_validation_fold,
                                               split_seed=args.cross_validation_split_seed)
-    return dataset, data.medmnist_info(dataset)
+    return data.convert_channels(dataset, data.medmnist_info(dataset), args.num_channels)
 
 
 def take_output_dir(accelerator, args, output_dir: Path) -> None:
@@ -90,10 +94,9 @@ def take_output_dir(accelerator, args, output_dir: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def decode_own_images(images: data.ImageData, model, accelerator):
+def decode_own_images(images: data.ImageData, size: int, accelerator):
     """The user's images at the model's input size, on the CPU (refused up front if they would not fit), and their
     `MedMNISTInfo` at that size."""
-    size = model.config.image_size
     images.check_memory(size, accelerator.device)  # again: the model may take another size than --image_size
     per_image = images.num_channels * size * size
     logger.info(f"Images decoded at the model's input size: {images.num_channels}×{size}×{size} uint8, {per_image} "
@@ -101,18 +104,35 @@ def decode_own_images(images: data.ImageData, model, accelerator):
     return images.decode(size), images.info_at(size)
 
 
+def build_or_load_model(args, info):
+    """(model, starting checkpoint): a new `--model`, or the `--model_name_or_path` checkpoint set up for the data
+    (`models.fine_tuning`); ValueError if it does not fit and cannot be made to."""
+    if not args.model_name_or_path:
+        model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,
+                                   problem_type=info.problem_type, **args.config_overrides)
+        return model, None
+    start = read_starting_checkpoint(args.model_name_or_path, args.trust_remote_code, args.model_weights_sha256)
+    model = load_starting_model(start, info, args.ignore_mismatched_sizes, args.trust_remote_code)
+    return model, start
+
+
 def prepare_inputs(run: Run, dataset) -> None:
-    """Each split as one uint8 tensor on the device; normalisation, the train / eval transforms, the processor."""
-    device, channels = run.accelerator.device, run.info.num_channels
+    """Each split as one uint8 tensor on the device; normalisation, the train / eval transforms, the processor.
+
+    A fine-tuned checkpoint keeps the input size and normalisation of its image processor; a new model takes the
+    training split's statistics (or 0.5 / 0.5) and its config's image size."""
+    device, channels, start = run.accelerator.device, run.info.num_channels, run.starting_checkpoint
     run.train_split, run.validation_split, run.test_split = (
         (dataset[name].to(device) if isinstance(dataset[name], data.DeviceSplit)
          else data.DeviceSplit.from_dataset(dataset[name], device)) if name in dataset else None
         for name in ("train", "validation", "test"))
-    if run.args.normalization == "train_stats":
+    if start is not None:
+        run.mean, run.std = start.mean, start.std
+    elif run.args.normalization == "train_stats":
         run.mean, run.std = data.channel_mean_std(run.train_split.images)
     else:
         run.mean, run.std = [0.5] * channels, [0.5] * channels
-    size = run.model.config.image_size
+    size = run.model.config.image_size if start is None else start.image_size or run.info.size
     run.train_transform = data.BatchTransform(run.augmentation, size, run.mean, run.std).to(device)
     run.eval_transform = data.BatchTransform.for_evaluation(size, run.mean, run.std).to(device)
     run.processor = models.build_image_processor(size, run.mean, run.std)
@@ -146,7 +166,10 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
         trainer.writer.add_image("train/augmented_samples", torchvision.utils.make_grid(to_pixels(shown)), 0)
     methods.log_start(accelerator, trainer.writer, to_pixels)
     if accelerator.is_main_process:
-        logger.info(f"{args.model} on {run.info.flag}: {len(run.train_split)} training images, "
+        start = run.starting_checkpoint
+        logger.info(f"{run.model_name} on {run.info.flag}"
+                    + (f" (fine-tuned from {start.name_or_path})" if start else "")
+                    + f": {len(run.train_split)} training images, "
                     f"{trainer.updates_per_epoch} updates per epoch × {trainer.num_epochs} epochs, global batch "
                     f"{args.per_device_train_batch_size} × {accelerator.num_processes} processes × "
                     f"{args.gradient_accumulation_steps} accumulation"
@@ -214,17 +237,18 @@ def main(argv=None, methods=None):
     # 3. Data, model and methods. Everything that can be wrong is found here, before anything is written.
     try:
         dataset, info = load_data(args, accelerator.device)
-        model = models.build_model(args.model, info.num_channels, info.num_labels, label_names=info.label_names,
-                                   problem_type=info.problem_type, **args.config_overrides)
+        model, start = build_or_load_model(args, info)
         if args.own_data:
-            dataset, info = decode_own_images(dataset, model, accelerator)
+            size = start.image_size if start is not None and start.image_size else model.config.image_size
+            dataset, info = decode_own_images(dataset, size, accelerator)
             if "test" not in dataset and not args.skip_test:
                 logger.info("The data has no test split: the run ends after validation (test_metrics null).")
                 args.skip_test = True
         if accelerator.num_processes > 1 and synchronize_batch_norm(model, accelerator.device):
             logger.info("BatchNorm normalises with the statistics of the global batch (synchronised over "
                         f"{accelerator.num_processes} processes).")
-        run = Run(args, accelerator, output_dir, info, model, augmentation=augmentation_config(args))
+        run = Run(args, accelerator, output_dir, info, model, augmentation=augmentation_config(args),
+                  starting_checkpoint=start)
         method_list = training_methods.build_methods(args, methods)
         check_output_dir(output_dir, public_config(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir)
         checkpoint, resumed_state = resolve_resume(run, method_list)

@@ -34,6 +34,7 @@ from .augmentation import (
     processor_mean_std,
     targets_from_labels,
 )
+from .channels import convert_channels
 from .cross_validation import cross_validation_split
 from .device_pipeline import (
     DeviceSplit,
@@ -87,6 +88,7 @@ __all__ = [
     "SampleRandom",
     "bundled_npz",
     "channel_mean_std",
+    "convert_channels",
     "cross_validation_split",
     "default_cache_dir",
     "epoch_order",

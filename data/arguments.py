@@ -34,8 +34,10 @@ class DataSourceArguments:
     label_column_name: str = arg("label", "Your data's label column (a ClassLabel, or values to encode as classes).")
     train_val_split: float = arg(0.15, "Your data without a validation split: this stratified fraction of train "
                                        "becomes one (fixed by --seed).")
-    num_channels: int | None = arg(None, "Your data: convert every image to 1 (grayscale) or 3 (RGB) channels. "
-                                         "Default: 3 if any image is colour, else 1.")
+    num_channels: int | None = arg(None, "Convert every image to 1 (grayscale: ITU-R 601-2 luma, as PIL's 'L') or 3 "
+                                         "(RGB; gray repeated) channels, e.g. to fine-tune a grayscale checkpoint on "
+                                         "colour images. Default: MedMNIST's own; your data: 3 if any image is "
+                                         "colour, else 1.")
     data_dir: str | None = arg(None, "Folder with the official npz files (default: $MEDMNIST_DATA_DIR, then medmnist's "
                                      "own root). A file missing there comes from the bundled copy (breastmnist, 28 px) "
                                      "or is downloaded.")
@@ -52,6 +54,8 @@ def resolve_data_source(args) -> None:
                          "--validation_dir / --test_dir, or --dataset alone).")
     if args.train_dir is None and args.dataset is None:
         args.dataset = "breastmnist"
+    if args.num_channels not in (None, 1, 3):
+        raise ValueError(f"--num_channels must be 1 (grayscale) or 3 (RGB), got {args.num_channels}.")
     args.own_data = not is_medmnist(args)
     if args.own_data:
         if args.image_size is None:

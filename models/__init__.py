@@ -50,6 +50,20 @@ def config_field_names(name: str) -> list[str]:
     return sorted({f.name for f in dataclasses.fields(config_class)} - inherited - {"num_channels"})
 
 
+def model_family(config) -> str | None:
+    """The `build_model` name of a config of this project's model types: the family whose architecture switches
+    (`use_shifted_patch_tokenization`, `use_locality_self_attention`, `use_convolutional_tokenizer`) it has. None for
+    another model type, or for a ViT whose switches no family has (made with `--config_overrides`)."""
+    for name, (config_class, _, defaults) in MODEL_REGISTRY.items():
+        if getattr(config, "model_type", None) != config_class.model_type:
+            continue
+        switches = [field.name for field in dataclasses.fields(config_class) if field.name.startswith("use_")]
+        family = {switch: defaults.get(switch, getattr(config_class, switch)) for switch in switches}
+        if all(getattr(config, switch, None) == value for switch, value in family.items()):
+            return name
+    return None
+
+
 def build_config(
     name: str,
     num_channels: int,
@@ -114,4 +128,5 @@ __all__ = [
     "build_config",
     "build_image_processor",
     "build_model",
+    "model_family",
 ]

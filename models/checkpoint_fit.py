@@ -1,7 +1,8 @@
 """Whether a trained checkpoint fits a MedMNIST data set: its channels, labels, task and input geometry.
 
 Shared by `evaluate.py` (the model under evaluation), `train.py` (a distillation teacher) and
-`experiments/flip_averaging.py`: `load_for_inference` is the one way they load a trained model.
+`experiments/flip_averaging.py`: `load_for_inference` is the one way they load a trained model. Checkpoints of
+transformers' own model types (a fine-tuned `ViTForImageClassification`, ...) load too: their code is transformers'.
 """
 
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ def check_checkpoint_fits(config, processor, info, name: str = "The checkpoint")
     problems = []
     channels = getattr(config, "num_channels", None)
     if channels != info.num_channels:
-        problems.append(f"it takes {channels}-channel images; {info.flag} images have {info.num_channels} channel(s)")
+        problems.append(f"it takes {channels}-channel images; {info.flag} images have {info.num_channels} channel(s) "
+                        f"(--num_channels {channels} converts them)")
     if config.num_labels != info.num_labels:
         problems.append(f"it predicts {config.num_labels} labels; {info.flag} has {info.num_labels} "
                         f"({', '.join(info.label_names)})")
@@ -69,7 +71,9 @@ def check_checkpoint_fits(config, processor, info, name: str = "The checkpoint")
     if config.problem_type not in (None, expected_problem_type):
         problems.append(f"it was trained for {config.problem_type}; {info.flag} ({info.task}) needs "
                         f"{expected_problem_type}")
-    input_size = getattr(config, "image_size", None)
+    # This project's models take exactly config.image_size; for other model types (a transformers ConvNeXt, ...) the
+    # config's image_size need not bind the input, and the processor says what the model was trained on.
+    input_size = getattr(config, "image_size", None) if config.model_type in MODEL_TYPES else None
     height, width, mean, std = processor_geometry(processor)
     if height is None or width is None:
         if input_size is not None and input_size != info.size:

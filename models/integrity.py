@@ -42,6 +42,13 @@ def has_manifest(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MANIFEST).is_file()
 
 
+def recorded_sha256(folder: str | os.PathLike, name: str) -> str | None:
+    """The SHA-256 that `folder`'s manifest records for its file `name` (None if it lists no such file); verify the
+    folder first (`verify_manifest`) for the value to describe the file as it is."""
+    files = json.loads((Path(folder) / MANIFEST).read_text()).get("files", {})
+    return files.get(name)
+
+
 def verify_manifest(folder: str | os.PathLike, what: str = "") -> None:
     """Raise ValueError if a file of `folder` is missing, added or changed since its manifest was written."""
     folder = Path(folder)

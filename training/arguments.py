@@ -29,10 +29,12 @@ import data
 import models
 
 from data.arguments import DataSourceArguments, arg, data_name, resolve_data_source
+from models.fine_tuning import read_starting_checkpoint
 
-from .recipes import RECIPE_NAMES, recipe_defaults
+from .recipes import RECIPE_NAMES, fine_tuning_defaults, recipe_defaults
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+DEFAULT_MODEL = "vit_lsa"
 SELECTION_METRICS = ("auc", "acc", "loss", "last")
 AUGMENTATION_OVERRIDES = ("mixup_alpha", "cutmix_alpha", "random_erasing", "translate", "zoom", "rotation_degrees",
                           "vertical_flip")
@@ -41,11 +43,26 @@ AUGMENTATION_OVERRIDES = ("mixup_alpha", "cutmix_alpha", "random_erasing", "tran
 @dataclasses.dataclass
 class ModelArguments:
     _argument_group_name = "model"
-    model: str = arg("vit_lsa", "Model family.", choices=models.MODEL_NAMES)
+    model: str | None = arg(None, f"Model family to train from scratch (default {DEFAULT_MODEL}). With "
+                                  "--model_name_or_path the checkpoint gives the architecture: leave it out, or name "
+                                  "the checkpoint's family.", choices=models.MODEL_NAMES)
+    model_name_or_path: str | None = arg(
+        None, "Start from a trained checkpoint instead: a save_pretrained folder (e.g. runs/<run>/best) or Hub id of "
+              "this project's models or of any transformers AutoModelForImageClassification (ViT, DeiT, ConvNeXt, "
+              "...). Its image processor gives the input size and normalisation; the data set, the labels.")
+    ignore_mismatched_sizes: bool = arg(False, "With --model_name_or_path: when the data set has another number of "
+                                               "labels than the checkpoint, give the model a new classifier (the "
+                                               "re-initialised weights are logged).")
+    model_weights_sha256: str | None = arg(
+        None, "SHA-256 of the --model_name_or_path folder's model.safetensors. Filled in for a local folder and "
+              "recorded in run_config.json; when given, a checkpoint with other weights is refused (a replayed or "
+              "resumed run starts from the same weights).")
     config_overrides: str | None = arg(None, "Model config fields, e.g. 'image_size=28,patch_size=4' (or a mapping in "
-                                             "a config file). Applied after the recipe's.")
-    trust_remote_code: bool = arg(False, "Allow loading models (e.g. teachers) of other model types whose code comes "
-                                         "with the checkpoint: that code runs. This project's own types never need it.")
+                                             "a config file). Applied after the recipe's. Not with "
+                                             "--model_name_or_path.")
+    trust_remote_code: bool = arg(False, "Allow loading models (a starting checkpoint, teachers) of other model types "
+                                         "whose code comes with the checkpoint: that code runs. This project's own "
+                                         "types and transformers' never need it.")
 
 
 @dataclasses.dataclass
@@ -207,19 +224,23 @@ def parse_arguments(argv: list[str] | None = None, method_groups=(), description
     args = SimpleNamespace(**{k: v for group in groups for k, v in vars(group).items() if k != "config"})
     try:
         resolve_data_source(args)
-        apply_recipe(args)
+        model_name = apply_recipe(args)
         if check is not None:
             check(args)
     except ValueError as error:
         parser.error(str(error))
     check_arguments(args, parser)
     if args.output_dir is None:
-        args.output_dir = os.path.join("runs", f"{data_name(args)}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        args.output_dir = os.path.join("runs", f"{data_name(args)}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     return args
 
 
-def apply_recipe(args) -> None:
-    """Fill every unset training argument with the recipe's value; the user's config overrides go last."""
+def apply_recipe(args) -> str:
+    """Fill every unset training argument with the recipe's value; the user's config overrides go last. Returns the
+    name of the model the run trains (its family, or a starting checkpoint's model type)."""
+    if args.model_name_or_path:
+        return apply_fine_tuning_recipe(args)
+    args.model = args.model or DEFAULT_MODEL
     user_overrides = parse_config_overrides(args.config_overrides or "")
     values = recipe_defaults(args.recipe, args.model, args.image_size, None if args.own_data else args.dataset,
                              convolutional_tokenizer=user_overrides.get("use_convolutional_tokenizer"))
@@ -228,6 +249,32 @@ def apply_recipe(args) -> None:
             args.config_overrides = {**value, **user_overrides}
         elif getattr(args, key, None) is None:
             setattr(args, key, value)
+    return args.model
+
+
+def apply_fine_tuning_recipe(args) -> str:
+    """`--model_name_or_path`: check the checkpoint against the model arguments, record its family and weights'
+    SHA-256, and fill the unset training arguments with `recipes.fine_tuning_defaults` (no architecture layers: the
+    checkpoint has its own). Returns the checkpoint's model name."""
+    if args.config_overrides:
+        raise ValueError("--config_overrides with --model_name_or_path: the architecture comes from the checkpoint. "
+                         "Leave --config_overrides out, or train a new architecture from scratch with --model.")
+    if args.normalization is not None:
+        raise ValueError("--normalization with --model_name_or_path: the checkpoint's image processor gives the "
+                         "normalisation its weights were trained with. Leave --normalization out.")
+    start = read_starting_checkpoint(args.model_name_or_path, args.trust_remote_code, args.model_weights_sha256)
+    if args.model is not None and args.model != start.family:
+        kind = (f"a {start.family!r} model" if start.family else f"a {start.config.model_type!r} model, which is not "
+                "one of this project's model families")
+        raise ValueError(f"--model {args.model} with --model_name_or_path {args.model_name_or_path}: the checkpoint "
+                         f"is {kind}. Leave --model out (the architecture comes from the checkpoint).")
+    args.model, args.model_weights_sha256 = start.family, start.weights_sha256
+    for key, value in fine_tuning_defaults(args.recipe, start.family,
+                                           None if args.own_data else args.dataset).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.config_overrides = {}
+    return start.model_name
 
 
 def check_arguments(args, parser) -> None:
@@ -251,6 +298,9 @@ def check_arguments(args, parser) -> None:
                      "--cross_validation_folds K and --cross_validation_fold I, and the seed must be >= 0.")
     if args.repeated_augmentation < 1:
         parser.error(f"--repeated_augmentation must be at least 1 (1 = off), got {args.repeated_augmentation}.")
+    for flag in ("ignore_mismatched_sizes", "model_weights_sha256"):
+        if getattr(args, flag) and not args.model_name_or_path:
+            parser.error(f"--{flag} goes with --model_name_or_path (a checkpoint to start from).")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id namespace/name.")
     if args.checkpointing_steps != "epoch" and (not args.checkpointing_steps.isdigit()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
+from models.checkpoint_fit import MODEL_TYPES
+
 logger = logging.getLogger(__name__)
 
 SECRET_FLAGS = ("--hub_token",)
@@ -59,6 +61,21 @@ def _data_licence(data: dict) -> str:
             "Data, 2023.")
 
 
+def _origin(summary: dict) -> str:
+    """Trained from scratch, or fine-tuned from a checkpoint (named, with its weights' hash)."""
+    start = summary.get("starting_checkpoint")
+    if not start:
+        return "Trained from scratch"
+    digest = f", weights SHA-256 `{start['weights_sha256']}`" if start.get("weights_sha256") else ""
+    return f"Fine-tuned from `{start['name_or_path']}` (`{start['model_type']}`{digest}; `--model_name_or_path`)"
+
+
+def _pipeline_arguments(summary: dict) -> str:
+    """This project's models carry their code (`trust_remote_code=True`); transformers' own model types do not."""
+    start = summary.get("starting_checkpoint")
+    return ", trust_remote_code=True" if not start or start["model_type"] in MODEL_TYPES else ""
+
+
 def model_card(summary: dict) -> str:
     """A model card (README.md) from a run summary: metrics table, data set, licence, the command that made it."""
     data = summary["dataset"]
@@ -82,7 +99,7 @@ tags:
 
 # {summary["model_name"]} on {data["flag"]} ({data["size"]}×{data["size"]})
 
-Trained from scratch on {"MedMNIST's" if medmnist else "the images of"} `{data["flag"]}` ({data.get("task", "")}, {len(data.get("label_names", []))} labels:
+{_origin(summary)} on {"MedMNIST's" if medmnist else "the images of"} `{data["flag"]}` ({data.get("task", "")}, {len(data.get("label_names", []))} labels:
 {", ".join(data.get("label_names", []))}). Model chosen on the validation split by `{summary["selection_metric"]}`
 at epoch {summary.get("best_epoch")}; {"the test split was evaluated once, on that model" if test else
 "the test split was not evaluated (`--skip_test`)"}.
@@ -97,7 +114,7 @@ ACC and AUC as MedMNIST defines them (`medmnist.Evaluator`).
 
 ```python
 from transformers import pipeline
-classify = pipeline("image-classification", model="<this repo>", trust_remote_code=True)
+classify = pipeline("image-classification", model="<this repo>"{_pipeline_arguments(summary)})
 ```
 
 ## Data

@@ -94,3 +94,20 @@ def recipe_defaults(recipe: str, model: str, image_size: int = 28, dataset: str 
             overrides = {**overrides, **chosen["config_overrides"]}
     values["config_overrides"] = overrides
     return values
+
+
+def fine_tuning_defaults(recipe: str, family: str | None, dataset: str | None = None) -> dict:
+    """The recipe's values for a run that starts from a trained checkpoint (`--model_name_or_path`).
+
+    The checkpoint brings its architecture and its image processor, so the layers that describe them are left out:
+    `config_overrides` (every layer's), the input geometry and `normalization`. What is kept: `base`, the family's
+    layer for a checkpoint of this project's models (`family`: `models.model_family`; None for another model type,
+    which gets no model layer) and the data set's layer, whose choices come from the data (BloodMNIST's cells tell
+    their class by size: no zoom; BreastMNIST's 78 validation images: keep the last epoch) whatever the model.
+    """
+    content = load_recipe(recipe)
+    layers = [content.get("models", {}).get(family) if family else None, content.get("datasets", {}).get(dataset)]
+    values = content["base"]
+    for layer in layers:
+        values = merge(values, layer)
+    return {key: value for key, value in values.items() if key not in ("config_overrides", "normalization")}

@@ -62,8 +62,14 @@ class Run:
     processor: Any = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    starting_checkpoint: Any = None  # models.fine_tuning.StartingCheckpoint of a fine-tuned run
     started: float = dataclasses.field(default_factory=time.time)
     seconds_before_resuming: float = 0.0
+
+    @property
+    def model_name(self) -> str:
+        """The model family, or a starting checkpoint's model type when it is not one of this project's."""
+        return self.args.model or self.starting_checkpoint.model_name
 
     def wall_clock(self) -> float:
         """The run's training time in seconds, across resumes."""
@@ -333,7 +339,8 @@ class Trainer:
         """The run in brief: model, selection, validation and test metrics, data set, command, hardware, methods."""
         best = next((h for h in self.state["history"] if h["epoch"] == self.state["best_epoch"]), None)
         return {
-            "model_name": self.args.model, "selection_metric": self.args.selection_metric,
+            "model_name": self.run.model_name, "selection_metric": self.args.selection_metric,
+            "starting_checkpoint": start.record() if (start := self.run.starting_checkpoint) else None,
             "best_epoch": self.state["best_epoch"], "methods": self.methods.names(), **self.methods.record(),
             "validation_metrics": best["metrics"] if best else None, "test_metrics": test_metrics,
             "dataset": {**dataclasses.asdict(self.run.info),
