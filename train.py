@@ -222,9 +222,9 @@ def main(argv=None, methods=None):
         *(data.index_loader(len(split), args.per_device_eval_batch_size)
           for split in (run.validation_split, run.test_split)))
     updates_per_epoch = -(-len(train_loader) // args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     optimizer = build_optimizer(args, model, *method_list.trainable_modules())
-    scheduler = build_scheduler(args.lr_scheduler, optimizer, round(args.warmup_epochs * updates_per_epoch),
+    scheduler = build_scheduler(args.lr_scheduler_type, optimizer, round(args.warmup_epochs * updates_per_epoch),
                                 max_train_steps, accelerator.num_processes)
     run.model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     for module in method_list.trainable_modules():
