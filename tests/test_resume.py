@@ -110,6 +110,9 @@ def test_a_run_folder_belongs_to_one_run(data_dir, tmp_path, capsys):
     recorded = json.loads((run / "run_config.json").read_text())
     old_names = {"num_train_epochs": "num_epochs", "lr_scheduler_type": "lr_scheduler"}
     (run / "run_config.json").write_text(json.dumps({old_names.get(k, k): v for k, v in recorded.items()}))
+    before = snapshot(run)
+    assert "--num_train_epochs 7 there, 8 here" in refused("--num_train_epochs", "8", "--resume_from_checkpoint",
+                                                           "latest")
     result = subprocess.run([sys.executable, "train.py", "--config", str(run / "run_config.json"),
                              "--resume_from_checkpoint", "latest", "--logging_steps", "1"],
                             cwd=ROOT, env=ENV, capture_output=True, text=True)
