@@ -15,7 +15,6 @@ accelerate (`accelerate launch --mixed_precision bf16`).
 
 import contextlib
 import errno
-import json
 import logging
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ from training.hardware import cpu_has_fast_bf16, hardware_description
 from training.hub import HubPushError, open_hub_pusher, redact_argv
 from training.optimization import build_optimizer, build_scheduler
 from training.run_records import check_output_dir, clear_run_folder, write_run_config
+from training.tracking import hparam_values, start_hparams_session
 from training.trainer import NonFiniteLossError, Run, Trainer, resolve_resume
 
 logger = logging.getLogger("train")
@@ -98,12 +98,17 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
     """TensorBoard (with a grid of augmented training images), the run's command, and what the run will do, in the
     log."""
     run, args, accelerator = trainer.run, trainer.args, trainer.accelerator
+    hparams = hparam_values(config)
     if args.report_to != "none":
-        # TensorBoard's hparams take scalars only: lists and mappings go in as JSON text.
-        accelerator.init_trackers(run.output_dir.name, config={
-            k: v if isinstance(v, (bool, int, float, str)) or v is None else json.dumps(v) for k, v in config.items()})
+        accelerator.init_trackers(run.output_dir.name)
+        for tracker in accelerator.trackers:
+            # Not TensorBoard's: accelerate's hparams there declare no metric, and the HParams dashboard, which takes
+            # its metric list from one run, could then show none for any run. Ours follow, with the metrics' names.
+            if tracker.name != "tensorboard":
+                tracker.store_init_configuration(hparams)
     if accelerator.is_main_process and any(t.name == "tensorboard" for t in accelerator.trackers):
         trainer.writer = accelerator.get_tracker("tensorboard", unwrap=True)
+        start_hparams_session(trainer.writer, hparams)
     trainer.command = " ".join(["accelerate launch train.py", *redact_argv(sys.argv[1:] if argv is None else argv)])
     trainer.hardware = hardware_description(accelerator)
 

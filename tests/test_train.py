@@ -110,8 +110,42 @@ def test_evaluate_py_on_best_reproduces_the_runs_test_metrics(short_run, data_di
     assert_same(evaluated, read_results(output_dir)["test_metrics"])
 
 
+def read_log_folder(log_dir):
+    """A run's TensorBoard log folder read back: its `EventAccumulator` (every event file in it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def hparams_dashboard(logdir) -> dict:
+    """What TensorBoard's HParams dashboard shows for the runs under `logdir`: {session: {metric: value}}, through the
+    plugin's own backend."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=multiplexer,
+        data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(logdir))))
+    request = api_pb2.ListSessionGroupsRequest(allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_RUNNING,
+                                                                 api_pb2.STATUS_UNKNOWN],
+                                               start_index=0, slice_size=100, include_metrics=True)
+    groups = list_session_groups.Handler(context.RequestContext(), backend, "", request).run().session_groups
+    return {group.name: {m.name.tag: m.value for m in group.metric_values} for group in groups}
+
+
 def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    from training.tracking import HPARAM_METRICS
 
     output_dir, _ = short_run
     event_files = list((output_dir / "runs").rglob("events.out.tfevents.*"))
@@ -130,8 +164,38 @@ def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
     assert len(values["validation/auc"]) == 3
     assert all(v > 0 for v in values["train/images_per_second"])
     assert {"train/augmented_samples", "validation/confusion_matrix"} <= tags["images"], tags["images"]
-    hparams = list((output_dir / "runs").rglob("hparams.yml"))
-    assert hparams and "learning_rate" in hparams[0].read_text()
+    # --logging_steps 2, 6 updates an epoch: a log every 2 updates, none twice for a step at an epoch's end.
+    log = read_log_folder(output_dir / "runs" / output_dir.name)
+    assert [event.step for event in log.Scalars("train/loss")] == list(range(2, 19, 2))
+
+    # The hyperparameters, in the run's own log folder, are linked to the run's final metrics: all_results.json's.
+    results = read_results(output_dir)
+    assert {path.parent for path in event_files} == {output_dir / "runs" / output_dir.name}  # no other session
+    hparams = log.PluginTagToContent("hparams")
+    experiment = hparams_metadata.parse_experiment_plugin_data(hparams[hparams_metadata.EXPERIMENT_TAG])
+    assert [metric.name.tag for metric in experiment.metric_infos] == list(HPARAM_METRICS)
+    start = hparams_metadata.parse_session_start_info_plugin_data(hparams[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["learning_rate"].number_value == pytest.approx(results["config"]["learning_rate"])
+    assert start.hparams["num_train_epochs"].number_value == 3
+    assert start.hparams["lr_scheduler_type"].string_value == results["config"]["lr_scheduler_type"]
+    end = hparams_metadata.parse_session_end_info_plugin_data(hparams[hparams_metadata.SESSION_END_INFO_TAG])
+    assert end.status == api_pb2.STATUS_SUCCESS
+    validation, test = results["validation_metrics"], results["test_metrics"]
+    expected = {"hparam/validation_acc": validation["acc"], "hparam/validation_auc": validation["auc"],
+                "hparam/test_acc": test["acc"], "hparam/test_auc": test["auc"], "hparam/best_epoch": results["best_epoch"]}
+    assert {tag: log.Scalars(tag)[-1].value for tag in HPARAM_METRICS} == pytest.approx(expected, rel=1e-6)
+    assert hparams_dashboard(output_dir / "runs") == {output_dir.name: pytest.approx(expected, rel=1e-6)}
+
+
+def test_every_epoch_logs_its_training_loss_however_few_updates_it_has(data_dir, tmp_path):
+    output_dir = tmp_path / "sparse"
+    python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_train_epochs", "2",
+                             "--per_device_train_batch_size", "16", "--logging_steps", "1000", "--skip_test"))
+    log = read_log_folder(output_dir / "runs" / output_dir.name)
+    assert [event.step for event in log.Scalars("train/loss")] == [6, 12]  # 6 updates an epoch, each epoch's last
+    # Without the test split the dashboard gets the validation figures only.
+    assert set(hparams_dashboard(output_dir / "runs")[output_dir.name]) == {
+        "hparam/validation_acc", "hparam/validation_auc", "hparam/best_epoch"}
 
 
 def test_resume_from_an_epoch_checkpoint_ends_exactly_like_the_straight_run(short_run, data_dir, tmp_path):
