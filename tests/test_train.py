@@ -182,7 +182,8 @@ def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
     assert end.status == api_pb2.STATUS_SUCCESS
     validation, test = results["validation_metrics"], results["test_metrics"]
     expected = {"hparam/validation_acc": validation["acc"], "hparam/validation_auc": validation["auc"],
-                "hparam/test_acc": test["acc"], "hparam/test_auc": test["auc"], "hparam/best_epoch": results["best_epoch"]}
+                "hparam/test_acc": test["acc"], "hparam/test_auc": test["auc"],
+                "hparam/best_epoch": results["best_epoch"]}
     assert {tag: log.Scalars(tag)[-1].value for tag in HPARAM_METRICS} == pytest.approx(expected, rel=1e-6)
     assert hparams_dashboard(output_dir / "runs") == {output_dir.name: pytest.approx(expected, rel=1e-6)}
 
@@ -214,8 +215,8 @@ def test_resume_from_an_epoch_checkpoint_ends_exactly_like_the_straight_run(shor
     state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "wall_clock_seconds": 1000.0}))
     write_manifest(state_file.parent)  # edited on purpose: its checksums follow
     python_train(*train_args(data_dir, resumed_dir, "--model", "cnn", "--num_train_epochs", "3",
-                             "--per_device_train_batch_size", "16", "--logging_steps", "2", "--checkpoints_total_limit", "5", "--augmentation", "seed",
-                             "--resume_from_checkpoint", "latest"))
+                             "--per_device_train_batch_size", "16", "--logging_steps", "2", "--checkpoints_total_limit",
+                             "5", "--augmentation", "seed", "--resume_from_checkpoint", "latest"))
     straight, resumed = read_results(output_dir), read_results(resumed_dir)
     assert resumed["validation_history"] == straight["validation_history"]
     assert resumed["test_metrics"] == straight["test_metrics"]
