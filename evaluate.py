@@ -55,7 +55,7 @@ from transformers import HfArgumentParser
 
 import data
 import metrics
-from data.arguments import DataSourceArguments, data_name, open_image_data, resolve_data_source
+from data.arguments import DataSourceArguments, data_name, open_image_data, resolve_data_source, uses_own_images
 from metrics import plots
 from models.checkpoint_fit import (CheckpointError, load_checkpoint_description, load_for_inference,
                                    processor_geometry)
@@ -190,7 +190,7 @@ def main(argv=None) -> dict | None:
                        "metrics.json shows checksum_verified: true.\n" + "!" * 100)
 
     # 1. What the checkpoint expects and what the data set is, checked against each other before any inference.
-    if args.own_data:
+    if uses_own_images(args):
         dataset, info, checkpoint = load_own_images(args)
     else:
         with accelerator.main_process_first():  # one process converts / downloads, the others read its cache
@@ -205,7 +205,7 @@ def main(argv=None) -> dict | None:
     config, model = checkpoint.config, checkpoint.model.to(accelerator.device)
     transform = data.BatchTransform.for_evaluation(checkpoint.image_size, checkpoint.mean, checkpoint.std)
     transform = transform.to(accelerator.device)
-    split = (dataset[args.split].to(accelerator.device) if args.own_data
+    split = (dataset[args.split].to(accelerator.device) if uses_own_images(args)
              else data.DeviceSplit.from_dataset(dataset[args.split], accelerator.device))
     logger.info(f"Evaluating {args.model_name_or_path} ({config.model_type}) on {info.flag} {args.split}: "
                 f"{len(split)} images on {accelerator.num_processes} process(es), "

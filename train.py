@@ -17,7 +17,6 @@ accelerate (`accelerate launch --mixed_precision bf16`).
 
 import contextlib
 import errno
-import json
 import logging
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 import data
 import models
-from data.arguments import open_image_data
+from data.arguments import open_image_data, uses_own_images
 from models.fine_tuning import load_starting_model, read_starting_checkpoint
 from training import methods as training_methods
 from training.arguments import augmentation_config, parse_arguments, public_config
@@ -39,6 +38,7 @@ from training.hardware import configure_cpu_threads, cpu_has_fast_bf16, hardware
 from training.hub import HubPushError, open_hub_pusher, redact_argv
 from training.optimization import build_optimizer, build_scheduler
 from training.run_records import check_output_dir, clear_run_folder, write_run_config
+from training.tracking import hparam_values, start_hparams_session
 from training.trainer import NonFiniteLossError, Run, Trainer, resolve_resume
 
 logger = logging.getLogger("train")
@@ -66,7 +66,7 @@ def load_data(args, device):
     """The data set and its `MedMNISTInfo`: a MedMNIST `DatasetDict` (a cross-validation fold of it, if asked;
     `--num_channels` applied) or the user's own images (`data.ImageData`, decoded once the model's input size is
     known)."""
-    if args.own_data:
+    if uses_own_images(args):
         images = open_image_data(args, args.seed)
         images.check_memory(args.config_overrides.get("image_size", args.image_size), device)
         logger.info(f"Data: {images.source}: {images.num_channels}-channel images of {len(images.label_names)} "
@@ -142,12 +142,17 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
     """TensorBoard (with a grid of augmented training images), the run's command, and what the run will do, in the
     log."""
     run, args, accelerator = trainer.run, trainer.args, trainer.accelerator
+    hparams = hparam_values(config)
     if args.report_to != "none":
-        # TensorBoard's hparams take scalars only: lists and mappings go in as JSON text.
-        accelerator.init_trackers(run.output_dir.name, config={
-            k: v if isinstance(v, (bool, int, float, str)) or v is None else json.dumps(v) for k, v in config.items()})
+        accelerator.init_trackers(run.output_dir.name)
+        for tracker in accelerator.trackers:
+            # Not TensorBoard's: accelerate's hparams there declare no metric, and the HParams dashboard, which takes
+            # its metric list from one run, could then show none for any run. Ours follow, with the metrics' names.
+            if tracker.name != "tensorboard":
+                tracker.store_init_configuration(hparams)
     if accelerator.is_main_process and any(t.name == "tensorboard" for t in accelerator.trackers):
         trainer.writer = accelerator.get_tracker("tensorboard", unwrap=True)
+        start_hparams_session(trainer.writer, hparams)
     trainer.command = " ".join(["accelerate launch train.py", *redact_argv(sys.argv[1:] if argv is None else argv)])
     trainer.hardware = hardware_description(accelerator)
 
@@ -238,7 +243,7 @@ def main(argv=None, methods=None):
     try:
         dataset, info = load_data(args, accelerator.device)
         model, start = build_or_load_model(args, info)
-        if args.own_data:
+        if uses_own_images(args):
             size = start.image_size if start is not None and start.image_size else model.config.image_size
             dataset, info = decode_own_images(dataset, size, accelerator)
             if "test" not in dataset and not args.skip_test:
@@ -278,9 +283,9 @@ def main(argv=None, methods=None):
         *(data.index_loader(len(split), args.per_device_eval_batch_size) if split is not None else None
           for split in (run.validation_split, run.test_split)))
     updates_per_epoch = -(-len(train_loader) // args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     optimizer = build_optimizer(args, model, *method_list.trainable_modules())
-    scheduler = build_scheduler(args.lr_scheduler, optimizer, round(args.warmup_epochs * updates_per_epoch),
+    scheduler = build_scheduler(args.lr_scheduler_type, optimizer, round(args.warmup_epochs * updates_per_epoch),
                                 max_train_steps, accelerator.num_processes)
     run.model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     for module in method_list.trainable_modules():

@@ -26,7 +26,8 @@ class DataSourceArguments:
     dataset: str | None = arg(None, "A MedMNIST 2D flag (breastmnist, the default; bloodmnist, ...), a folder of "
                                     "images with one subfolder per class (imagefolder layout, optionally inside "
                                     "train/ validation/ test/), a folder written by DatasetDict.save_to_disk, or a "
-                                    "name datasets.load_dataset resolves.")
+                                    "name datasets.load_dataset resolves.",
+                              aliases=["--dataset_name", "--dataset-name"])
     train_dir: str | None = arg(None, "Instead of --dataset: a folder of training images, one subfolder per class.")
     validation_dir: str | None = arg(None, "With --train_dir: the validation images (else cut from train).")
     test_dir: str | None = arg(None, "With --train_dir: the test images (else the run has no test split).")
@@ -56,8 +57,7 @@ def resolve_data_source(args) -> None:
         args.dataset = "breastmnist"
     if args.num_channels not in (None, 1, 3):
         raise ValueError(f"--num_channels must be 1 (grayscale) or 3 (RGB), got {args.num_channels}.")
-    args.own_data = not is_medmnist(args)
-    if args.own_data:
+    if uses_own_images(args):
         if args.image_size is None:
             args.image_size = 64
         elif args.image_size < 8:
@@ -71,6 +71,11 @@ def resolve_data_source(args) -> None:
             if getattr(args, name) is not None:
                 raise ValueError(f"--{name} goes with --train_dir (your own images), not with --dataset "
                                  f"{args.dataset}.")
+
+
+def uses_own_images(args) -> bool:
+    """Whether the run reads the user's own images rather than a MedMNIST data set."""
+    return not is_medmnist(args)
 
 
 def is_medmnist(args) -> bool:

@@ -6,7 +6,8 @@
 #   sweep:      BloodMNIST rows (default recipe: vit, vit_conv_lsa × seeds 0 1 2) through
 #               experiments/run_results.py, all runs at once on the one GPU (SWEEP_MODELS to choose others: e.g.
 #               SWEEP_MODELS="cnn vit_conv_lsa+distilled" trains the CNN teachers, then the students distilled from
-#               them with DISTILLATION_ARGS, default soft T 2 as on BreastMNIST; TRAIN_ARGS for e.g. --num_epochs 50).
+#               them with DISTILLATION_ARGS, default soft T 2 as on BreastMNIST; TRAIN_ARGS for e.g.
+#               --num_train_epochs 50).
 # Measured on one H200 (2026-12-04, BloodMNIST vit, default geometry, batch 128): the step is bound by kernel launches,
 # not by the GPU: 52 steps/s alone in fp32, 40 in bf16 autocast (its casts are more launches), so PRECISION
 # defaults to fp32 ("no"); 6 runs at once 19-21 steps/s each, 27-32 under MPS (started here when present); 9 at once

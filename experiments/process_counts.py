@@ -1,6 +1,6 @@
 """How much the number of processes changes a run: the same recipe and global batch on 1 and on 2 processes.
 
-    python experiments/process_counts.py --data_dir ../shared/data/medmnist --models cnn vit vit_lsa --num_epochs 3
+    python experiments/process_counts.py --data_dir ../shared/data/medmnist --num_train_epochs 3  (cnn, vit, vit_lsa)
     python experiments/process_counts.py ... --models vit -- --config_overrides drop_path_rate=0   (more train.py args)
 
 Launches `accelerate launch train.py` once with 1 process (per-device batch B) and once with 2 CPU processes
@@ -30,7 +30,7 @@ def free_port() -> int:
 
 def train(launch: list[str], output_dir: Path, args, model: str, batch_size: int) -> dict:
     command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "train.py", "--model", model,
-               "--dataset", args.dataset, "--num_epochs", str(args.num_epochs), "--seed", str(args.seed),
+               "--dataset", args.dataset, "--num_train_epochs", str(args.num_train_epochs), "--seed", str(args.seed),
                "--per_device_train_batch_size", str(batch_size), "--output_dir", str(output_dir),
                "--report_to", "none", *(["--data_dir", args.data_dir] if args.data_dir else []), *args.train_args]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["cnn", "vit", "vit_lsa"])
     parser.add_argument("--dataset", default="breastmnist")
     parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--num_epochs", type=int, default=3)
+    parser.add_argument("--num_train_epochs", "--num_epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=128, help="the global batch (even)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: more train.py arguments")
@@ -69,7 +69,7 @@ def main() -> None:
                          str(free_port())], Path(folder, model, "two"), args, model, args.batch_size // 2)
             rows.append((model, largest_differences(one, two)))
     columns = list(rows[0][1])
-    print(f"{args.dataset}, {args.num_epochs} epochs, global batch {args.batch_size}, seed {args.seed}"
+    print(f"{args.dataset}, {args.num_train_epochs} epochs, global batch {args.batch_size}, seed {args.seed}"
           f"{' ' + ' '.join(args.train_args) if args.train_args else ''}: |1 process - 2 processes|")
     print("| model | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")

@@ -212,7 +212,7 @@ def collect(args) -> dict:
                     "validation_acc": result["validation_metrics"]["acc"],
                     "validation_auc": result["validation_metrics"]["auc"], "best_epoch": result["best_epoch"],
                     "wall_clock_seconds": result["wall_clock_seconds"], "command": result["command"],
-                    "num_epochs": result["config"]["num_epochs"],
+                    "num_epochs": result["config"]["num_train_epochs"],
                     "hardware": describe_hardware(result["hardware"]),
                 })
             for key in ("test_acc", "test_auc", "validation_acc", "validation_auc", "wall_clock_seconds"):

@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's own modules, when run as a script
-from training.run_records import ALL_RESULTS, read_all_results  # noqa: E402
+from training.run_records import ALL_RESULTS, read_all_results, with_current_names  # noqa: E402
 
 RESOLVED_KEYS = ("augmentation", "config_overrides", "per_device_train_batch_size", "learning_rate", "weight_decay",
-                 "label_smoothing", "num_epochs", "optimizer", "recipe", "sam_rho", "ema_decay", "translate",
+                 "label_smoothing", "num_train_epochs", "optimizer", "recipe", "sam_rho", "ema_decay", "translate",
                  "distillation_type", "distillation_alpha", "distillation_temperature", "relative_localization_weight",
                  "relative_localization_pairs", "repeated_augmentation", "cross_validation_folds",
                  "cross_validation_split_seed", "selection_metric", "mae_epochs", "seed")
@@ -65,8 +65,10 @@ def search_entry(name: str, run_dir: Path, last: int = 20, discard_test: bool = 
 
 
 def setting_of(run: dict) -> str:
-    """The run's resolved recipe and teacher without its seed, as a canonical string."""
-    resolved = {key: run["resolved"].get(key, ABSENT_MEANS.get(key)) for key in RESOLVED_KEYS if key != "seed"}
+    """The run's resolved recipe and teacher without its seed, as a canonical string (entries logged before an
+    argument was renamed count under its current name)."""
+    logged = with_current_names(run["resolved"])
+    resolved = {key: logged.get(key, ABSENT_MEANS.get(key)) for key in RESOLVED_KEYS if key != "seed"}
     return json.dumps({**resolved, "teacher": run.get("teacher")}, sort_keys=True)
 
 

@@ -19,8 +19,8 @@ import cross_validate  # noqa: E402
 
 LAUNCH = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no " \
          "--dynamo_backend no"
-TRAIN_ARGS = ("--model cnn --dataset breastmnist --no_verify_checksum --num_epochs 2 --per_device_train_batch_size 16 "
-              "--per_device_eval_batch_size 32")
+TRAIN_ARGS = ("--model cnn --dataset breastmnist --no_verify_checksum --num_train_epochs 2 "
+              "--per_device_train_batch_size 16 --per_device_eval_batch_size 32")
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ BREAST_LABELS = ["malignant", "normal, benign"]
 # The starting ViT's processor: a normalisation no training split has, so that a run taking the training split's
 # statistics instead shows in the saved processor.
 VIT_MEAN, VIT_STD = [0.25], [0.35]
-FAST = ("--num_epochs", "3", "--warmup_epochs", "0", "--per_device_train_batch_size", "16", "--report_to", "none")
+FAST = ("--num_train_epochs", "3", "--warmup_epochs", "0", "--per_device_train_batch_size", "16", "--report_to", "none")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def transformers_vit(tmp_path_factory) -> Path:
 def breast_cnn(data_dir, tmp_path_factory) -> Path:
     """A run of this project's CNN on the synthetic BreastMNIST (2 epochs); its best/ is the starting checkpoint."""
     output_dir = tmp_path_factory.mktemp("breast") / "cnn"
-    python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_epochs", "2", "--skip_test",
+    python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_train_epochs", "2", "--skip_test",
                              "--per_device_train_batch_size", "16", "--report_to", "none"))
     return output_dir / "best"
 

@@ -77,7 +77,7 @@ def test_a_save_that_dies_halfway_leaves_the_previous_checkpoint_as_latest(data_
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
     result = subprocess.run([sys.executable, "train.py", "--model", "cnn", "--dataset", "breastmnist", "--data_dir",
-                             str(data_dir), "--no_verify_checksum", "--output_dir", str(run), "--num_epochs", "3",
+                             str(data_dir), "--no_verify_checksum", "--output_dir", str(run), "--num_train_epochs", "3",
                              "--per_device_train_batch_size", "32", "--report_to", "none", "--skip_test"],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
@@ -101,8 +101,8 @@ def test_a_full_disk_is_said_in_words_and_exits_4(data_dir, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
     train = " ".join([sys.executable, "train.py", "--model", "cnn", "--dataset", "breastmnist", "--data_dir",
-                      str(data_dir), "--no_verify_checksum", "--output_dir", str(small / "run"), "--num_epochs", "2",
-                      "--per_device_train_batch_size", "32", "--report_to", "none"])
+                      str(data_dir), "--no_verify_checksum", "--output_dir", str(small / "run"),
+                      "--num_train_epochs", "2", "--per_device_train_batch_size", "32", "--report_to", "none"])
     result = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=1500k tmpfs {small} && {train}"],
                             cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})

@@ -16,7 +16,7 @@ TOKEN = "hf_testTOKEN0123456789"
 
 def train(data_dir, output_dir, *extra, env=None):
     command = [sys.executable, "train.py", "--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(data_dir),
-               "--no_verify_checksum", "--output_dir", str(output_dir), "--num_epochs", "2",
+               "--no_verify_checksum", "--output_dir", str(output_dir), "--num_train_epochs", "2",
                "--per_device_train_batch_size", "32", "--report_to", "none", "--push_to_hub", "--hub_model_id",
                "medmnist/robust", *extra]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True,

@@ -173,7 +173,7 @@ def test_train_py_refuses_bad_data_before_writing_anything(image_folder, tmp_pat
 def test_train_evaluate_and_pipeline_on_an_image_folder(model, tmp_path):
     folder = write_image_folder(tmp_path / "scans", per_class=30, splits=("train", "test"))
     output_dir = tmp_path / "run"
-    run("train.py", "--model", model, "--dataset", str(folder), "--image_size", "32", "--num_epochs", "6",
+    run("train.py", "--model", model, "--dataset", str(folder), "--image_size", "32", "--num_train_epochs", "6",
         "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--warmup_epochs", "1",
         "--output_dir", str(output_dir), "--report_to", "none")
     results = json.loads((output_dir / "all_results.json").read_text())
@@ -202,7 +202,7 @@ def test_train_evaluate_and_pipeline_on_an_image_folder(model, tmp_path):
 
 def test_a_folder_without_test_split_trains_and_says_so(image_folder, tmp_path):
     result = run("train.py", "--model", "cnn", "--dataset", str(image_folder), "--image_size", "16",
-                 "--num_epochs", "1", "--output_dir", str(tmp_path / "run"), "--report_to", "none")
+                 "--num_train_epochs", "1", "--output_dir", str(tmp_path / "run"), "--report_to", "none")
     assert "no test split" in result.stderr
     results = json.loads((tmp_path / "run" / "all_results.json").read_text())
     assert results["test_metrics"] is None

@@ -15,8 +15,8 @@ import run_results  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end sweeps of experiments/run_results.py (about 1.5 minutes)
 
-TRAIN_ARGS = ("--no_verify_checksum --num_epochs 1 --per_device_train_batch_size 16 --per_device_eval_batch_size 32 "
-              "--report_to none --checkpoints_total_limit 1")
+TRAIN_ARGS = ("--no_verify_checksum --num_train_epochs 1 --per_device_train_batch_size 16 "
+              "--per_device_eval_batch_size 32 --report_to none --checkpoints_total_limit 1")
 LAUNCH = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no " \
          "--dynamo_backend no"
 
@@ -47,7 +47,7 @@ def test_sweep_writes_table_json_and_chart_from_the_runs(sweep):
     assert row["test_acc"]["mean"] == pytest.approx(statistics.fmean(accs))
     assert row["test_acc"]["std"] == pytest.approx(statistics.stdev(accs))
     assert [r["seed"] for r in row["runs"]] == [0, 1]
-    assert row["num_epochs"] == [1]  # TRAIN_ARGS' --num_epochs, read back from each run's config
+    assert row["num_epochs"] == [1]  # TRAIN_ARGS' --num_train_epochs, read back from each run's config
     assert all(r["config"]["seed"] == s for r, s in zip(runs, (0, 1)))
     table = (root / "results" / "RESULTS.md").read_text()
     assert f"| breastmnist | cnn | 2 | {row['test_acc']['mean']:.4f}" in table
@@ -105,7 +105,7 @@ def test_search_log_records_skip_test_runs_and_refuses_tested_ones(sweep, tmp_pa
     root, _ = sweep
     search_run = tmp_path / "search"
     train.main(["--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(root / "data"), "--no_verify_checksum",
-                "--output_dir", str(search_run), "--num_epochs", "3", "--per_device_train_batch_size", "16",
+                "--output_dir", str(search_run), "--num_train_epochs", "3", "--per_device_train_batch_size", "16",
                 "--report_to", "none", "--skip_test", "--seed", "3"])
     log = tmp_path / "search.json"
     assert search_log.main([str(log), f"S={search_run}"]) == 0
@@ -114,7 +114,7 @@ def test_search_log_records_skip_test_runs_and_refuses_tested_ones(sweep, tmp_pa
     history = json.loads((search_run / "all_results.json").read_text())["validation_history"]
     assert entry["validation_auc_per_epoch"] == [h["metrics"]["auc"] for h in history]
     assert entry["validation_auc_last20_mean"] == pytest.approx(statistics.fmean(entry["validation_auc_per_epoch"]))
-    assert entry["resolved"]["seed"] == 3 and entry["resolved"]["num_epochs"] == 3
+    assert entry["resolved"]["seed"] == 3 and entry["resolved"]["num_train_epochs"] == 3
     tested = root / "runs" / "breastmnist-cnn-seed0"
     assert search_log.main([str(log), f"T={tested}"]) == 2
     assert "evaluated the test split" in capsys.readouterr().err
@@ -129,8 +129,8 @@ def test_search_log_records_skip_test_runs_and_refuses_tested_ones(sweep, tmp_pa
 
     # The same setting with another seed is summarised with it; another learning rate is another setting.
     train.main(["--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(root / "data"), "--no_verify_checksum",
-                "--output_dir", str(tmp_path / "search4"), "--num_epochs", "3", "--per_device_train_batch_size", "16",
-                "--report_to", "none", "--skip_test", "--seed", "4"])
+                "--output_dir", str(tmp_path / "search4"), "--num_train_epochs", "3",
+                "--per_device_train_batch_size", "16", "--report_to", "none", "--skip_test", "--seed", "4"])
     assert search_log.main([str(log), f"S4={tmp_path / 'search4'}", "--summary"]) == 0
     runs = json.loads(log.read_text())["runs"]
     (row,) = search_log.summarize(runs)
@@ -140,6 +140,11 @@ def test_search_log_records_skip_test_runs_and_refuses_tested_ones(sweep, tmp_pa
     assert len(search_log.summarize([runs[0], other])) == 2
     pretrained = {**runs[1], "resolved": {**runs[1]["resolved"], "mae_epochs": 20}}
     assert len(search_log.summarize([runs[0], pretrained])) == 2
+    # Entries logged before --num_epochs took the name --num_train_epochs count under the new name.
+    resolved = {k: v for k, v in runs[1]["resolved"].items() if k != "num_train_epochs"}
+    logged_before = {**runs[1], "resolved": {**resolved, "num_epochs": 3}}
+    assert len(search_log.summarize([runs[0], logged_before])) == 1
+    assert len(search_log.summarize([runs[0], {**logged_before, "resolved": {**resolved, "num_epochs": 9}}])) == 2
     assert "S, S4 (2 runs)" in capsys.readouterr().out
 
 

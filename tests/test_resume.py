@@ -24,7 +24,7 @@ KILL_AFTER = 5  # with 96 images in batches of 32: 3 updates an epoch, so step 5
 
 def command(data_dir, output_dir, *extra):
     return [sys.executable, "train.py", "--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(data_dir),
-            "--no_verify_checksum", "--output_dir", str(output_dir), "--num_epochs", "7",
+            "--no_verify_checksum", "--output_dir", str(output_dir), "--num_train_epochs", "7",
             "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64", "--checkpointing_steps",
             str(KILL_AFTER), "--checkpoints_total_limit", "10", "--report_to", "none", "--augmentation", "seed",
             *extra]
@@ -105,10 +105,20 @@ def test_a_run_folder_belongs_to_one_run(data_dir, tmp_path, capsys):
     locked.chmod(0o500)
     if not os.access(locked, os.W_OK):  # root may write anywhere
         assert "not writable" in refused(folder=locked / "run")
-    # The same run resumes; --overwrite_output_dir replaces the old run entirely.
-    result = subprocess.run(quick(data_dir, run, "--resume_from_checkpoint", "latest", "--logging_steps", "1"),
+    # The same run resumes, also replayed from a run_config.json written before --num_epochs and --lr_scheduler took
+    # Hugging Face's names; --overwrite_output_dir replaces the old run entirely.
+    recorded = json.loads((run / "run_config.json").read_text())
+    old_names = {"num_train_epochs": "num_epochs", "lr_scheduler_type": "lr_scheduler"}
+    (run / "run_config.json").write_text(json.dumps({old_names.get(k, k): v for k, v in recorded.items()}))
+    before = snapshot(run)
+    assert "--num_train_epochs 7 there, 8 here" in refused("--num_train_epochs", "8", "--resume_from_checkpoint",
+                                                           "latest")
+    result = subprocess.run([sys.executable, "train.py", "--config", str(run / "run_config.json"),
+                             "--resume_from_checkpoint", "latest", "--logging_steps", "1"],
                             cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run / "run_config.json").read_text()) == {**recorded, "resume_from_checkpoint": "latest",
+                                                                "logging_steps": 1}
     subprocess.run(quick(data_dir, run, "--seed", "7", "--overwrite_output_dir"), cwd=ROOT, env=ENV, check=True,
                    capture_output=True)
     assert json.loads((run / "run_config.json").read_text())["seed"] == 7

@@ -92,3 +92,26 @@ def test_run_split_defaults_for_older_configs():
                       "cross_validation_split_seed": None}) == ("breastmnist", 5, 4, 0)
     assert run_split({"dataset": "bloodmnist"}) == ("bloodmnist", 0, None, 0)
     assert run_split({"dataset": "bloodmnist", "cross_validation_folds": None}) == ("bloodmnist", 0, None, 0)
+
+
+def test_records_written_before_the_renaming_read_under_the_current_names(tmp_path):
+    old = {"dataset": "breastmnist", "num_epochs": 30, "lr_scheduler": "cosine", "seed": 0}
+    current = {"dataset": "breastmnist", "num_train_epochs": 30, "lr_scheduler_type": "cosine", "seed": 0}
+    write_run_config(tmp_path, old)
+    write_all_results(tmp_path, {"best_epoch": 3, "config": old})
+    assert read_run_config(tmp_path) == current
+    assert read_all_results(tmp_path) == {"best_epoch": 3, "config": current}
+    write_run_config(tmp_path, {**old, "num_train_epochs": 50})
+    with pytest.raises(ValueError, match="num_epochs: 30 and num_train_epochs: 50 name the same argument") as error:
+        read_run_config(tmp_path)
+    assert str(tmp_path / RUN_CONFIG) in str(error.value)
+
+
+def test_a_run_folder_recorded_with_the_old_names_resumes_with_the_same_values(tmp_path):
+    current = {"output_dir": str(tmp_path), "num_train_epochs": 30, "lr_scheduler_type": "cosine", "seed": 0}
+    write_run_config(tmp_path, {"output_dir": str(tmp_path), "num_epochs": 30, "lr_scheduler": "cosine", "seed": 0})
+    run_records.check_output_dir(tmp_path, current, resume=True, overwrite=False)
+    for changed, shown in (({"num_train_epochs": 40}, "--num_train_epochs 30 there, 40 here"),
+                           ({"lr_scheduler_type": "linear"}, "--lr_scheduler_type 'cosine' there, 'linear' here")):
+        with pytest.raises(ValueError, match=shown):
+            run_records.check_output_dir(tmp_path, {**current, **changed}, resume=True, overwrite=False)

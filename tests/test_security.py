@@ -30,8 +30,8 @@ class Payload:
 
 def train_argv(data_dir, output_dir, *extra):
     return ["--model", "cnn", "--dataset", "breastmnist", "--data_dir", str(data_dir), "--no_verify_checksum",
-            "--output_dir", str(output_dir), "--num_epochs", "2", "--per_device_train_batch_size", "32", "--report_to",
-            "none", "--ema_decay", "0.8", *extra]
+            "--output_dir", str(output_dir), "--num_train_epochs", "2", "--per_device_train_batch_size", "32",
+            "--report_to", "none", "--ema_decay", "0.8", *extra]
 
 
 def train(data_dir, output_dir, *extra):

@@ -38,7 +38,7 @@ def test_train_then_evaluate_agree_with_medmnists_evaluator(flag, model, overrid
     npz = write_synthetic_npz(tmp_path / "data", flag, n_train=256, n_val=64, n_test=64)
     run = tmp_path / "run"
     common = ["--dataset", flag, "--data_dir", str(npz.parent), "--no_verify_checksum"]
-    run_script("train.py", "--model", model, *common, "--output_dir", str(run), "--num_epochs", "5",
+    run_script("train.py", "--model", model, *common, "--output_dir", str(run), "--num_train_epochs", "5",
                "--per_device_train_batch_size", "32", "--report_to", "none",
                *([] if overrides is None else ["--config_overrides", overrides]), cache=tmp_path / "cache")
     results = json.loads((run / "all_results.json").read_text())

@@ -64,7 +64,7 @@ def read_results(output_dir) -> dict:
 def short_run(data_dir, tmp_path_factory):
     """One real 3-epoch run of the CNN, kept for several tests to inspect."""
     output_dir = tmp_path_factory.mktemp("run") / "cnn"
-    result = python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_epochs", "3",
+    result = python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_train_epochs", "3",
                                       "--per_device_train_batch_size", "16", "--logging_steps", "2",
                                       "--checkpoints_total_limit", "5", "--augmentation", "seed"))
     return output_dir, result
@@ -80,7 +80,7 @@ def test_short_run_writes_models_results_and_checkpoints(short_run):
     assert len(results["validation_history"]) == 3
     for key in ("acc", "auc", "acc_ci95", "auc_ci95"):
         assert results["test_metrics"][key] is not None
-    assert results["config"]["model"] == "cnn" and results["config"]["num_epochs"] == 3
+    assert results["config"]["model"] == "cnn" and results["config"]["num_train_epochs"] == 3
     assert results["hardware"]["num_processes"] == 1
     assert results["wall_clock_seconds"] > 0
     checkpoints = sorted(p.name for p in (output_dir / "checkpoints").iterdir())
@@ -110,8 +110,42 @@ def test_evaluate_py_on_best_reproduces_the_runs_test_metrics(short_run, data_di
     assert_same(evaluated, read_results(output_dir)["test_metrics"])
 
 
+def read_log_folder(log_dir):
+    """A run's TensorBoard log folder read back: its `EventAccumulator` (every event file in it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def hparams_dashboard(logdir) -> dict:
+    """What TensorBoard's HParams dashboard shows for the runs under `logdir`: {session: {metric: value}}, through the
+    plugin's own backend."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=multiplexer,
+        data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(logdir))))
+    request = api_pb2.ListSessionGroupsRequest(allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_RUNNING,
+                                                                 api_pb2.STATUS_UNKNOWN],
+                                               start_index=0, slice_size=100, include_metrics=True)
+    groups = list_session_groups.Handler(context.RequestContext(), backend, "", request).run().session_groups
+    return {group.name: {m.name.tag: m.value for m in group.metric_values} for group in groups}
+
+
 def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    from training.tracking import HPARAM_METRICS
 
     output_dir, _ = short_run
     event_files = list((output_dir / "runs").rglob("events.out.tfevents.*"))
@@ -130,8 +164,39 @@ def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
     assert len(values["validation/auc"]) == 3
     assert all(v > 0 for v in values["train/images_per_second"])
     assert {"train/augmented_samples", "validation/confusion_matrix"} <= tags["images"], tags["images"]
-    hparams = list((output_dir / "runs").rglob("hparams.yml"))
-    assert hparams and "learning_rate" in hparams[0].read_text()
+    # --logging_steps 2, 6 updates an epoch: a log every 2 updates, none twice for a step at an epoch's end.
+    log = read_log_folder(output_dir / "runs" / output_dir.name)
+    assert [event.step for event in log.Scalars("train/loss")] == list(range(2, 19, 2))
+
+    # The hyperparameters, in the run's own log folder, are linked to the run's final metrics: all_results.json's.
+    results = read_results(output_dir)
+    assert {path.parent for path in event_files} == {output_dir / "runs" / output_dir.name}  # no other session
+    hparams = log.PluginTagToContent("hparams")
+    experiment = hparams_metadata.parse_experiment_plugin_data(hparams[hparams_metadata.EXPERIMENT_TAG])
+    assert [metric.name.tag for metric in experiment.metric_infos] == list(HPARAM_METRICS)
+    start = hparams_metadata.parse_session_start_info_plugin_data(hparams[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["learning_rate"].number_value == pytest.approx(results["config"]["learning_rate"])
+    assert start.hparams["num_train_epochs"].number_value == 3
+    assert start.hparams["lr_scheduler_type"].string_value == results["config"]["lr_scheduler_type"]
+    end = hparams_metadata.parse_session_end_info_plugin_data(hparams[hparams_metadata.SESSION_END_INFO_TAG])
+    assert end.status == api_pb2.STATUS_SUCCESS
+    validation, test = results["validation_metrics"], results["test_metrics"]
+    expected = {"hparam/validation_acc": validation["acc"], "hparam/validation_auc": validation["auc"],
+                "hparam/test_acc": test["acc"], "hparam/test_auc": test["auc"],
+                "hparam/best_epoch": results["best_epoch"]}
+    assert {tag: log.Scalars(tag)[-1].value for tag in HPARAM_METRICS} == pytest.approx(expected, rel=1e-6)
+    assert hparams_dashboard(output_dir / "runs") == {output_dir.name: pytest.approx(expected, rel=1e-6)}
+
+
+def test_every_epoch_logs_its_training_loss_however_few_updates_it_has(data_dir, tmp_path):
+    output_dir = tmp_path / "sparse"
+    python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_train_epochs", "2",
+                             "--per_device_train_batch_size", "16", "--logging_steps", "1000", "--skip_test"))
+    log = read_log_folder(output_dir / "runs" / output_dir.name)
+    assert [event.step for event in log.Scalars("train/loss")] == [6, 12]  # 6 updates an epoch, each epoch's last
+    # Without the test split the dashboard gets the validation figures only.
+    assert set(hparams_dashboard(output_dir / "runs")[output_dir.name]) == {
+        "hparam/validation_acc", "hparam/validation_auc", "hparam/best_epoch"}
 
 
 def test_resume_from_an_epoch_checkpoint_ends_exactly_like_the_straight_run(short_run, data_dir, tmp_path):
@@ -149,9 +214,9 @@ def test_resume_from_an_epoch_checkpoint_ends_exactly_like_the_straight_run(shor
     assert json.loads(state_file.read_text())["wall_clock_seconds"] > 0
     state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "wall_clock_seconds": 1000.0}))
     write_manifest(state_file.parent)  # edited on purpose: its checksums follow
-    python_train(*train_args(data_dir, resumed_dir, "--model", "cnn", "--num_epochs", "3", "--per_device_train_batch_size", "16",
-                             "--logging_steps", "2", "--checkpoints_total_limit", "5", "--augmentation", "seed",
-                             "--resume_from_checkpoint", "latest"))
+    python_train(*train_args(data_dir, resumed_dir, "--model", "cnn", "--num_train_epochs", "3",
+                             "--per_device_train_batch_size", "16", "--logging_steps", "2", "--checkpoints_total_limit",
+                             "5", "--augmentation", "seed", "--resume_from_checkpoint", "latest"))
     straight, resumed = read_results(output_dir), read_results(resumed_dir)
     assert resumed["validation_history"] == straight["validation_history"]
     assert resumed["test_metrics"] == straight["test_metrics"]
@@ -181,7 +246,7 @@ def test_two_processes_match_one_process_with_augmentation_and_a_short_last_batc
     """Same global batches (95 images: 40 + 40 + 15, the last one cut 8 + 7 and each part's loss weighted by its
     share), identically augmented images: 1 and 2 processes agree up to the order of float sums."""
     data_dir = odd_data_dir
-    common = (*TWO_PROCESS_MODELS[model], "--augmentation", "seed", "--num_epochs", "2", "--label_smoothing", "0",
+    common = (*TWO_PROCESS_MODELS[model], "--augmentation", "seed", "--num_train_epochs", "2", "--label_smoothing", "0",
               "--warmup_epochs", "0", "--checkpointing_steps", "1000", "--report_to", "none")
     accelerate_train(["--num_processes", "1"], *train_args(data_dir, tmp_path / "one", *common,
                                                            "--per_device_train_batch_size", "40"))
@@ -209,7 +274,8 @@ def test_each_process_draws_its_own_dropout_masks(data_dir, tmp_path):
         accelerate_train(["--config_file", str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port",
                           str(free_port())],
                          *train_args(data_dir, tmp_path / name, "--model", "vit", "--config_overrides", TINY_VIT,
-                                     "--num_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none"))
+                                     "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
+                                     "--report_to", "none"))
         checkpoint = tmp_path / name / "checkpoints" / "step_3"
         states.append([load(checkpoint / f"random_states_{rank}.pkl", map_location="cpu") for rank in (0, 1)])
     assert not torch.equal(states[0][0]["torch_manual_seed"], states[0][1]["torch_manual_seed"])
@@ -219,7 +285,7 @@ def test_each_process_draws_its_own_dropout_masks(data_dir, tmp_path):
 
 def test_two_machines_on_localhost_train_together(data_dir, tmp_path):
     port = str(free_port())
-    common = ("--model", "cnn", "--num_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none")
+    common = ("--model", "cnn", "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "ACCELERATE_USE_CPU": "1"}
     machines = []
@@ -240,7 +306,7 @@ def test_two_machines_on_localhost_train_together(data_dir, tmp_path):
 
 def test_push_to_hub_uploads_a_loadable_model_card_and_logs(local_hub, data_dir, tmp_path):
     output_dir = tmp_path / "pushed"
-    result = python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_epochs", "2",
+    result = python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_train_epochs", "2",
                                       "--per_device_train_batch_size", "32", "--push_to_hub", "--hub_model_id",
                                       "medmnist/cnn-breast", "--hub_token", SECRET),
                           env={"HF_HUB_OFFLINE": "0"})
@@ -294,8 +360,8 @@ def train_in_process(argv, capsys) -> tuple[int, str]:
         (["--model", "cnn", "--rotation_degrees", "-5"], "rotation_degrees must be >= 0, got -5.0"),
         (["--model", "cnn", "--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1"),
         (["--model", "cnn", "--per_device_eval_batch_size", "-1"], "--per_device_eval_batch_size must be at least 1"),
-        (["--model", "cnn", "--num_epochs", "0"], "--num_epochs must be at least 1, got 0"),
-        (["--model", "cnn", "--num_epochs", "-1"], "--num_epochs must be at least 1, got -1"),
+        (["--model", "cnn", "--num_train_epochs", "0"], "--num_train_epochs must be at least 1, got 0"),
+        (["--model", "cnn", "--num_train_epochs", "-1"], "--num_train_epochs must be at least 1, got -1"),
         (["--model", "cnn", "--max_train_steps", "0"], "--max_train_steps must be at least 1"),
         (["--model", "cnn", "--logging_steps", "0"], "--logging_steps must be at least 1"),
         (["--model", "cnn", "--checkpointing_steps", "0"], "--checkpointing_steps must be a number of steps (>= 1)"),
@@ -322,7 +388,7 @@ def test_resuming_a_checkpoint_of_another_model_is_refused(short_run, data_dir, 
 
 
 def test_non_finite_loss_stops_with_a_clear_message(data_dir, tmp_path):
-    result = python_train(*train_args(data_dir, tmp_path / "nan", "--model", "cnn", "--num_epochs", "2",
+    result = python_train(*train_args(data_dir, tmp_path / "nan", "--model", "cnn", "--num_train_epochs", "2",
                                       "--per_device_train_batch_size", "16", "--learning_rate", "1e30",
                                       "--optimizer", "sgd", "--max_grad_norm", "0", "--logging_steps", "1",
                                       "--report_to", "none"), check=False)
@@ -334,7 +400,7 @@ def test_non_finite_loss_stops_with_a_clear_message(data_dir, tmp_path):
 def test_skip_test_never_evaluates_the_test_split(short_run, data_dir, tmp_path):
     _, straight = short_run
     assert "Testing" in straight.stdout + straight.stderr  # what a normal run prints, and this one must not
-    result = python_train(*train_args(data_dir, tmp_path / "search", "--model", "cnn", "--num_epochs", "1",
+    result = python_train(*train_args(data_dir, tmp_path / "search", "--model", "cnn", "--num_train_epochs", "1",
                                       "--per_device_train_batch_size", "16", "--report_to", "none", "--skip_test"))
     results = read_results(tmp_path / "search")
     assert results["test_metrics"] is None
@@ -426,7 +492,7 @@ def test_a_data_sets_own_default_applies_to_that_data_set_only_and_yields_to_the
 def test_tensorboard_logging_does_not_change_the_run(short_run, data_dir, tmp_path):
     # The augmented sample grid that TensorBoard shows draws random numbers: they must not come from the training's.
     output_dir, _ = short_run
-    python_train(*train_args(data_dir, tmp_path / "quiet", "--model", "cnn", "--num_epochs", "3",
+    python_train(*train_args(data_dir, tmp_path / "quiet", "--model", "cnn", "--num_train_epochs", "3",
                              "--per_device_train_batch_size", "16", "--logging_steps", "2",
                              "--checkpoints_total_limit", "5", "--augmentation", "seed", "--report_to", "none"))
     logged, quiet = read_results(output_dir), read_results(tmp_path / "quiet")

@@ -21,9 +21,9 @@ def train_tiny_vit(data_dir, output_dir, *extra, epochs: int = 3, batch_size: in
     processes). A failed run fails the test with the end of its stderr."""
     launcher = [] if launch_args is None else ["-m", "accelerate.commands.launch", *launch_args]
     command = [sys.executable, *launcher, "train.py", "--model", "vit_lsa", "--dataset", "breastmnist", "--data_dir",
-               str(data_dir), "--no_verify_checksum", "--output_dir", str(output_dir), "--num_epochs", str(epochs),
-               "--per_device_train_batch_size", str(batch_size), "--report_to", "none", "--config_overrides", TINY_VIT,
-               "--checkpoints_total_limit", "5", "--skip_test", *extra]
+               str(data_dir), "--no_verify_checksum", "--output_dir", str(output_dir), "--num_train_epochs",
+               str(epochs), "--per_device_train_batch_size", str(batch_size), "--report_to", "none",
+               "--config_overrides", TINY_VIT, "--checkpoints_total_limit", "5", "--skip_test", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            **({} if launch_args is None else {"ACCELERATE_USE_CPU": "1"})}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -28,10 +28,11 @@ from transformers import HfArgumentParser, SchedulerType
 import data
 import models
 
-from data.arguments import DataSourceArguments, arg, data_name, resolve_data_source
+from data.arguments import DataSourceArguments, arg, data_name, resolve_data_source, uses_own_images
 from models.fine_tuning import read_starting_checkpoint
 
 from .recipes import RECIPE_NAMES, fine_tuning_defaults, recipe_defaults
+from .run_records import with_current_names
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_MODEL = "vit_lsa"
@@ -101,8 +102,8 @@ class TrainingArguments:
     _argument_group_name = "training (unset values come from the recipe)"
     recipe: str = arg("default", f"Defaults for every unset training argument: {' or '.join(RECIPE_NAMES)} "
                                  "(recipes/<name>.yaml: this project's, or the replaced notebooks'), or a recipe file.")
-    num_epochs: int | None = arg(None, "Epochs of supervised training.")
-    max_train_steps: int | None = arg(None, "Overrides --num_epochs when set.")
+    num_train_epochs: int | None = arg(None, "Epochs of supervised training.", aliases=["--num_epochs", "--num-epochs"])
+    max_train_steps: int | None = arg(None, "Overrides --num_train_epochs when set.")
     per_device_train_batch_size: int | None = arg(None, "Training batch per process.")
     per_device_eval_batch_size: int = arg(512, "Evaluation batch per process.")
     optimizer: Literal["adamw", "adam", "sgd"] | None = arg(None, "Optimizer.")
@@ -110,8 +111,10 @@ class TrainingArguments:
     learning_rate: float | None = arg(None, "Peak learning rate.")
     weight_decay: float | None = arg(None, "Weight decay (not on biases, norms, position embeddings, CLS token).")
     warmup_epochs: float | None = arg(None, "Linear warm-up length in epochs (fractions allowed).")
-    lr_scheduler: str | None = arg(None, "Learning-rate schedule after the warm-up.",
-                                   choices=[s.value for s in SchedulerType])
+    lr_scheduler_type: str | None = arg(None, "Learning-rate schedule after the warm-up: "
+                                              f"{', '.join(s.value for s in SchedulerType)}.",
+                                        choices=[s.value for s in SchedulerType], metavar="SCHEDULE",
+                                        aliases=["--lr_scheduler", "--lr-scheduler"])
     label_smoothing: float | None = arg(None, "Label smoothing of the cross-entropy.")
     max_grad_norm: float = arg(1.0, "Gradient clipping; 0 turns it off.")
     gradient_accumulation_steps: int = arg(1, "Batches per optimizer update.")
@@ -180,11 +183,21 @@ def build_parser(method_groups=(), description: str | None = None) -> HfArgument
     return parser
 
 
+def alias_names(parser) -> dict:
+    """Every other name of an argument (e.g. `num_epochs`, as a config file or an older run_config.json may spell
+    it) -> the argument's name."""
+    return {alias.lstrip("-").replace("-", "_"): field.name for group in parser.dataclass_types
+            for field in dataclasses.fields(group) for alias in field.metadata.get("aliases", [])}
+
+
 def config_file_argv(path: str, parser) -> list[str]:
-    """A config file's values as command-line words, so that the parser checks them like typed flags."""
+    """A config file's values as command-line words, so that the parser checks them like typed flags. Keys may be
+    any of an argument's names (`num_epochs` or `num_train_epochs`)."""
     try:
         text = Path(path).read_text()
         values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        if isinstance(values, dict):
+            values = with_current_names(values, names=alias_names(parser))
     except (OSError, ValueError, yaml.YAMLError) as error:
         parser.error(f"config file {path}: {error}")
     known = {action.dest for action in parser._actions} - {"help", "config"}
@@ -242,7 +255,7 @@ def apply_recipe(args) -> str:
         return apply_fine_tuning_recipe(args)
     args.model = args.model or DEFAULT_MODEL
     user_overrides = parse_config_overrides(args.config_overrides or "")
-    values = recipe_defaults(args.recipe, args.model, args.image_size, None if args.own_data else args.dataset,
+    values = recipe_defaults(args.recipe, args.model, args.image_size, None if uses_own_images(args) else args.dataset,
                              convolutional_tokenizer=user_overrides.get("use_convolutional_tokenizer"))
     for key, value in values.items():
         if key == "config_overrides":
@@ -270,7 +283,7 @@ def apply_fine_tuning_recipe(args) -> str:
                          f"is {kind}. Leave --model out (the architecture comes from the checkpoint).")
     args.model, args.model_weights_sha256 = start.family, start.weights_sha256
     for key, value in fine_tuning_defaults(args.recipe, start.family,
-                                           None if args.own_data else args.dataset).items():
+                                           None if uses_own_images(args) else args.dataset).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.config_overrides = {}
@@ -279,7 +292,7 @@ def apply_fine_tuning_recipe(args) -> str:
 
 def check_arguments(args, parser) -> None:
     """The combinations the parser's types cannot check."""
-    for name in ("num_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "logging_steps",
+    for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "logging_steps",
                  "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
@@ -320,4 +333,4 @@ def augmentation_config(args) -> data.AugmentationConfig:
 
 def public_config(args) -> dict:
     """The run's resolved arguments without secrets: what goes to run_config.json, TensorBoard and the card."""
-    return {k: v for k, v in vars(args).items() if k not in ("hub_token", "own_data")}
+    return {k: v for k, v in vars(args).items() if k != "hub_token"}

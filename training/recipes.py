@@ -16,6 +16,8 @@ import yaml
 from models import MODEL_REGISTRY
 from models.configuration_vit import power_of_two_patch_sizes
 
+from .run_records import with_current_names
+
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPE_NAMES = tuple(sorted(path.stem for path in RECIPES_DIR.glob("*.yaml")))
 _SECTIONS = {"base", "models", "datasets", "geometry", "chosen_geometry"}
@@ -84,8 +86,11 @@ def recipe_defaults(recipe: str, model: str, image_size: int = 28, dataset: str 
     `convolutional_tokenizer`: the user's `use_convolutional_tokenizer` override, if any (it changes the patch size).
     """
     content = load_recipe(recipe)
-    values = merge(merge(content["base"], content.get("models", {}).get(model)),
-                   content.get("datasets", {}).get(dataset))
+    path = recipe_path(recipe)
+    # Each layer under the arguments' current names: a recipe file may still use a renamed argument's old name.
+    base, for_model, for_dataset = (with_current_names(layer or {}, path) for layer in (
+        content["base"], content.get("models", {}).get(model), content.get("datasets", {}).get(dataset)))
+    values = merge(merge(base, for_model), for_dataset)
     overrides = values.get("config_overrides", {})
     if content.get("geometry") == "native":
         overrides = {**native_geometry(model, image_size, convolutional_tokenizer), **overrides}

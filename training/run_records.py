@@ -4,6 +4,7 @@
     all_results.json  written when the run has finished: the validation history, the test metrics, the config, ...
 
     config = read_run_config(run_dir)                 # a dict; ValueError naming the file if missing or garbled
+                                                      # (renamed arguments under their current names)
     dataset, folds, fold, split_seed = run_split(config)
     write_all_results(run_dir, results)               # atomic: a reader never sees half a file
 
@@ -21,6 +22,27 @@ from pathlib import Path
 
 RUN_CONFIG = "run_config.json"
 ALL_RESULTS = "all_results.json"
+# Arguments that took Hugging Face's names (run_image_classification_no_trainer.py): the old name -> the current one.
+# Records written before keep the old keys; the readers below give them under the current names.
+RENAMED_ARGUMENTS = {"num_epochs": "num_train_epochs", "lr_scheduler": "lr_scheduler_type"}
+
+
+def with_current_names(config: dict, source="", names: dict | None = None) -> dict:
+    """`config` (a run's arguments) with every renamed argument under its current name (`names`: other name ->
+    current name; default `RENAMED_ARGUMENTS`).
+
+    Raises:
+        ValueError: an argument appears under two names with different values (`source` names the file).
+    """
+    names = RENAMED_ARGUMENTS if names is None else names
+    current, given_as = {}, {}
+    for key, value in config.items():
+        name = names.get(key, key)
+        if name in current and current[name] != value:
+            raise ValueError(f"{source}{': ' if source else ''}{given_as[name]}: {current[name]!r} and {key}: "
+                             f"{value!r} name the same argument (--{name}); give it once.")
+        current[name], given_as[name] = value, key
+    return current
 
 
 def run_split(run_config: dict) -> tuple[str | None, int, int | None, int]:
@@ -31,12 +53,13 @@ def run_split(run_config: dict) -> tuple[str | None, int, int | None, int]:
 
 
 def read_run_config(run_dir) -> dict:
-    """The run's resolved arguments, from `<run_dir>/run_config.json`.
+    """The run's resolved arguments, from `<run_dir>/run_config.json`, renamed arguments under their current names.
 
     Raises:
         ValueError: the file is missing, is not valid JSON, or does not hold a JSON object.
     """
-    return _read_record(Path(run_dir) / RUN_CONFIG, "train.py writes it when a run starts")
+    path = Path(run_dir) / RUN_CONFIG
+    return with_current_names(_read_record(path, "train.py writes it when a run starts"), path)
 
 
 def write_run_config(run_dir, config: dict) -> Path:
@@ -46,12 +69,17 @@ def write_run_config(run_dir, config: dict) -> Path:
 
 
 def read_all_results(run_dir) -> dict:
-    """The finished run's results, from `<run_dir>/all_results.json`.
+    """The finished run's results, from `<run_dir>/all_results.json` (its `config` with renamed arguments under their
+    current names).
 
     Raises:
         ValueError: the file is missing (the run has not finished), is not valid JSON, or does not hold a JSON object.
     """
-    return _read_record(Path(run_dir) / ALL_RESULTS, "train.py writes it when a run has finished")
+    path = Path(run_dir) / ALL_RESULTS
+    results = _read_record(path, "train.py writes it when a run has finished")
+    if isinstance(results.get("config"), dict):
+        results["config"] = with_current_names(results["config"], path)
+    return results
 
 
 def write_all_results(run_dir, results: dict) -> Path:
@@ -157,6 +185,7 @@ __all__ = [
     "ALL_RESULTS",
     "OUTCOME_NEUTRAL",
     "RUN_CONFIG",
+    "RENAMED_ARGUMENTS",
     "RUN_FOLDER_ENTRIES",
     "check_output_dir",
     "check_writable",
@@ -165,5 +194,6 @@ __all__ = [
     "read_run_config",
     "run_split",
     "write_all_results",
+    "with_current_names",
     "write_run_config",
 ]

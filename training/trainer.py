@@ -34,6 +34,7 @@ from models.integrity import write_manifest
 from .methods import Batch, MethodList, OptimizerStep
 from .optimization import training_loss, validation_loss
 from .run_records import write_all_results
+from .tracking import end_hparams_session
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +275,8 @@ class Trainer:
                 self.save_checkpoint({**self.state, "epoch": epoch})
             if self.done:
                 break
+        if self.window[2]:  # updates since the last log: every epoch logs its loss, however few updates it has
+            self.log_training(epoch)
         self.check_finite()
 
     def check_finite(self) -> None:
@@ -368,11 +371,14 @@ class Trainer:
         if self.accelerator.is_main_process:
             unwrapped = self.accelerator.unwrap_model(self.run.model)
             summary = self.summary(test_metrics)
-            write_all_results(self.run.output_dir, metrics.to_json_safe({
+            results = metrics.to_json_safe({
                 **summary, "validation_history": self.state["history"], "config": config,
                 "model_config": unwrapped.config.to_dict(),
                 "num_parameters": sum(p.numel() for p in unwrapped.parameters()),
-                "global_step": self.state["global_step"]}))
+                "global_step": self.state["global_step"]})
+            write_all_results(self.run.output_dir, results)
+            if self.writer is not None:  # the HParams dashboard's figures for this run: all_results.json's
+                end_hparams_session(self.writer, results, self.state["global_step"])
             if test_metrics is not None:
                 logger.info("\n" + metrics.format_report(test_metrics,
                                                          title=f"Test split, best epoch {self.state['best_epoch']}"))
