@@ -291,6 +291,9 @@ class MedViTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = False
+    # `MedViTSelfAttention` reads `config._attn_implementation` at every call, so `set_attn_implementation` takes effect
+    # at once (transformers otherwise guesses this from the module's source).
+    _can_set_attn_implementation_cached_value = True
     # Set while a task model builds its base model: the task model's `post_init` then initialises both in one pass.
     _defer_weight_initialization = False
 
