@@ -68,8 +68,8 @@ def test_every_family_is_covered():
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_save_and_load_in_a_fresh_process_with_the_shipped_code(name, tmp_path):
-    """`save_pretrained` writes the code and an `auto_map` (AutoModel for a base model); a process that never imports this
-    project loads the classifier with `trust_remote_code` and computes the same logits."""
+    """`save_pretrained` writes the code and an `auto_map` (AutoModel for a base model); a process that never
+    imports this project loads the classifier with `trust_remote_code` and computes the same logits."""
     model = tiny_model(name).eval()
     pixels = fixed_pixels(model.config.image_size)
     with torch.no_grad():
@@ -87,7 +87,8 @@ def test_save_and_load_in_a_fresh_process_with_the_shipped_code(name, tmp_path):
         model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
         assert "models" not in sys.modules and type(model).__module__.startswith("transformers_modules")
         with torch.no_grad():
-            torch.save(model.eval()(torch.load({str(tmp_path / "pixels.pt")!r})).logits, {str(tmp_path / "out.pt")!r})
+            logits = model.eval()(torch.load({str(tmp_path / "pixels.pt")!r})).logits
+        torch.save(logits, {str(tmp_path / "out.pt")!r})
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, capture_output=True)
