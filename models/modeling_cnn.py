@@ -32,6 +32,12 @@ class MedCNNPreTrainedModel(PreTrainedModel):
     # Set while a task model builds its base model: the task model's `post_init` then initialises both in one pass.
     _defer_weight_initialization = False
 
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with the weights under the modules' own names (`cnn.*`, as in
+        `state_dict()`) by default: the renamings registered below for checkpoints of the flat layout apply when
+        loading; reversed on saving they would not give that layout back."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
     def init_weights(self):
         """Initialise the weights, unless a task model is building this base model and will initialise it.
 

@@ -97,10 +97,14 @@ def test_save_and_load_in_a_fresh_process_with_the_shipped_code(name, tmp_path):
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_both_key_layouts_on_disk_load(name, tmp_path):
-    """By default `save_pretrained` writes transformers' "original format" (the renamings reversed, so the flat
-    layout older code reads); with `save_original_format=False` it writes the module names. Both load back."""
+    """`save_pretrained` writes the weights under the modules' own names, as `state_dict()` has them; with
+    transformers' `save_original_format=True` the renamings are reversed. Both load back."""
+    from safetensors.torch import load_file
+
     model = tiny_model(name).eval()
     pixels = fixed_pixels(model.config.image_size)
+    model.save_pretrained(tmp_path / "default")
+    assert load_file(tmp_path / "default" / "model.safetensors").keys() == model.state_dict().keys()
     for original_format in (True, False):
         folder = tmp_path / str(original_format)
         model.save_pretrained(folder, save_original_format=original_format)
