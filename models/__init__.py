@@ -1,21 +1,24 @@
 """The project's model families as Hugging Face configs and models, and `build_model`, the one entry point.
 
-Importing this package registers the configs and models with `AutoConfig` / `AutoModelForImageClassification` and
-marks them for `register_for_auto_class`, so that `save_pretrained` writes the code and an `auto_map` and anyone can
-load a saved model with `AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)`.
+Each family has a base model (`MedViTModel`, `MedCNNModel`: features and pooled features) and a classifier on top
+of it (`MedViTForImageClassification`, `MedCNNForImageClassification`), as transformers' own vision models do.
+Importing this package registers the configs and models with `AutoConfig` / `AutoModel` /
+`AutoModelForImageClassification` and marks them for `register_for_auto_class`, so that `save_pretrained` writes the
+code and an `auto_map` and anyone can load a saved model with
+`AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)` (or its base with `AutoModel`).
 """
 
 import dataclasses
 from collections.abc import Sequence
 
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 
 from .configuration_cnn import MedCNNConfig
 from .configuration_vit import MedViTConfig
 from .image_processing import build_image_processor
-from .modeling_cnn import MedCNNForImageClassification
-from .modeling_vit import MedViTForImageClassification
+from .modeling_cnn import MedCNNForImageClassification, MedCNNModel
+from .modeling_vit import MedViTForImageClassification, MedViTModel
 
 # name -> (config class, model class, the name's default geometry on top of the config class defaults)
 MODEL_REGISTRY = {
@@ -35,11 +38,14 @@ MODEL_REGISTRY = {
     ),
 }
 MODEL_NAMES = tuple(MODEL_REGISTRY)
+BASE_MODELS = {MedCNNConfig: MedCNNModel, MedViTConfig: MedViTModel}  # config class -> base model class
 
 for _config_class, _model_class, _ in MODEL_REGISTRY.values():
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, BASE_MODELS[_config_class], exist_ok=True)
     AutoModelForImageClassification.register(_config_class, _model_class, exist_ok=True)
     _config_class.register_for_auto_class()
+    BASE_MODELS[_config_class].register_for_auto_class("AutoModel")
     _model_class.register_for_auto_class("AutoModelForImageClassification")
 
 
@@ -123,8 +129,10 @@ __all__ = [
     "MODEL_NAMES",
     "MedCNNConfig",
     "MedCNNForImageClassification",
+    "MedCNNModel",
     "MedViTConfig",
     "MedViTForImageClassification",
+    "MedViTModel",
     "build_config",
     "build_image_processor",
     "build_model",

@@ -3,7 +3,10 @@
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutput
+from transformers.utils import can_return_tuple
 
 from .configuration_cnn import MedCNNConfig
 from .input_checks import prepare_pixel_values
@@ -19,23 +22,47 @@ def conv_bn_relu(in_channels: int, out_channels: int, padding: int) -> nn.Sequen
 
 
 class MedCNNPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the transformers capabilities shared by the CNN models."""
+
     config: MedCNNConfig
     config_class = MedCNNConfig
     base_model_prefix = "cnn"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # Set while a task model builds its base model: the task model's `post_init` then initialises both in one pass.
+    _defer_weight_initialization = False
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with the weights under the modules' own names (`cnn.*`, as in
+        `state_dict()`) by default: the renamings registered below for checkpoints of the flat layout apply when
+        loading; reversed on saving they would not give that layout back."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+    def init_weights(self):
+        """Initialise the weights, unless a task model is building this base model and will initialise it.
+
+        One pass over the whole model draws the random numbers in the order of the modules, as a single flat model
+        would; the base model initialising itself first would change every draw of the head's."""
+        if not self._defer_weight_initialization:
+            super().init_weights()
 
 
-class MedCNNForImageClassification(MedCNNPreTrainedModel):
+class MedCNNModel(MedCNNPreTrainedModel):
     """
-    Conv 3×3 ×5 (`config.conv_channels`, BatchNorm + ReLU each; the 5th padded), max-pool 2×2 after the 2nd and 5th,
-    then `config.fc_hidden_sizes` fully connected layers with ReLU and a linear classifier to `config.num_labels`.
+    The CNN's convolutional features: conv 3×3 ×5 (`config.conv_channels`, BatchNorm + ReLU each; the 5th padded),
+    max-pool 2×2 after the 2nd and the 5th.
 
-    Takes `pixel_values` (B, C, H, W) normalised as the saved image processor does, optional `labels` (class indices,
-    or a float multi-hot matrix for multi-label flags) and returns an `ImageClassifierOutput`.
+    Takes `pixel_values` (B, C, H, W), cast to the weights' dtype, and returns a
+    `BaseModelOutputWithPoolingAndNoAttention`: `last_hidden_state` the final feature map (B, C5, s, s) with
+    s = `config.feature_map_size`, `pooler_output` the same flattened (B, C5 · s · s), and with
+    `output_hidden_states=True` the feature maps after each convolution block (its max-pooling included).
+
+    Args:
+        config: the model's configuration.
+        initialize: False when a task model builds it as its base model and initialises the whole model itself.
     """
 
-    def __init__(self, config: MedCNNConfig):
+    def __init__(self, config: MedCNNConfig, initialize: bool = True):
         super().__init__(config)
         c1, c2, c3, c4, c5 = config.conv_channels
         self.features = nn.Sequential(
@@ -47,7 +74,43 @@ class MedCNNForImageClassification(MedCNNPreTrainedModel):
             conv_bn_relu(c4, c5, padding=1),
             nn.MaxPool2d(kernel_size=2, stride=2),
         )
-        widths = [c5 * config.feature_map_size**2, *config.fc_hidden_sizes]
+        self._defer_weight_initialization = not initialize
+        self.post_init()
+        self._defer_weight_initialization = False
+
+    @can_return_tuple
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, **kwargs
+    ) -> BaseModelOutputWithPoolingAndNoAttention:
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        pixel_values = prepare_pixel_values(pixel_values.to(self.features[0][0].weight.dtype), self.config)
+        hidden_states, all_hidden_states = pixel_values, ()
+        modules = list(self.features)
+        for index, module in enumerate(modules):
+            hidden_states = module(hidden_states)
+            followed_by_pooling = index + 1 < len(modules) and isinstance(modules[index + 1], nn.MaxPool2d)
+            if output_hidden_states and not followed_by_pooling:
+                all_hidden_states += (hidden_states,)
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=hidden_states, pooler_output=hidden_states.flatten(1),
+            hidden_states=all_hidden_states if output_hidden_states else None)
+
+
+class MedCNNForImageClassification(MedCNNPreTrainedModel):
+    """
+    The CNN classifier: the base model `cnn` ([`MedCNNModel`]), then `config.fc_hidden_sizes` fully connected layers
+    with ReLU (`fc`) and a linear classifier to `config.num_labels` (`classifier`) on its flattened features.
+
+    Takes `pixel_values` (B, C, H, W) normalised as the saved image processor does, optional `labels` (class indices,
+    or a float multi-hot matrix for multi-label flags) and returns an `ImageClassifierOutput` (a tuple with
+    `return_dict=False`).
+    """
+
+    def __init__(self, config: MedCNNConfig):
+        super().__init__(config)
+        self.cnn = MedCNNModel(config, initialize=False)
+        widths = [config.conv_channels[-1] * config.feature_map_size**2, *config.fc_hidden_sizes]
         fc_layers = []
         for in_width, out_width in zip(widths[:-1], widths[1:]):
             fc_layers += [nn.Linear(in_width, out_width), nn.ReLU(inplace=True)]
@@ -55,17 +118,33 @@ class MedCNNForImageClassification(MedCNNPreTrainedModel):
         self.classifier = nn.Linear(widths[-1], config.num_labels)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ImageClassifierOutput:
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
         pixel_values = prepare_pixel_values(pixel_values, self.config)
+        batch_size = pixel_values.shape[0]
         mirror = self.config.test_time_horizontal_flip and not self.training
         if mirror:
             pixel_values = with_mirror_images(pixel_values)
-        features = self.features(pixel_values).flatten(1)
-        logits = self.classifier(self.fc(features))
-        if mirror:
+        outputs = self.cnn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.fc(outputs.pooler_output))
+        hidden_states = outputs.hidden_states
+        if mirror:  # the outputs of the images as given, not of their mirror images
             logits = average_over_mirror_images(logits)
+            hidden_states = tuple(h[:batch_size] for h in hidden_states) if hidden_states is not None else None
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits)
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
 
-__all__ = ["MedCNNForImageClassification", "MedCNNPreTrainedModel"]
+# Checkpoints saved before the base model existed hold the convolutions at the top level (`features.*`).
+register_checkpoint_conversion_mapping("MedCNNForImageClassification", [
+    WeightRenaming(r"^features\.", "cnn.features."),
+], overwrite=True)
+
+
+__all__ = ["MedCNNForImageClassification", "MedCNNModel", "MedCNNPreTrainedModel"]

@@ -8,7 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import can_return_tuple
 
 from .configuration_vit import MedViTConfig
 from .input_checks import prepare_pixel_values
@@ -101,6 +105,11 @@ class MedViTEmbeddings(nn.Module):
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_tokens, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the tokenizer's weights, which the model casts its inputs to."""
+        return next(self.tokenizer.parameters()).dtype
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = self.tokenizer(pixel_values)
         if self.cls_token is not None:
@@ -109,15 +118,18 @@ class MedViTEmbeddings(nn.Module):
 
 
 class MedViTSelfAttention(nn.Module):
-    """Multi-head self-attention through torch's fused `scaled_dot_product_attention`.
+    """Multi-head self-attention, computed by torch's fused `scaled_dot_product_attention` (`"sdpa"`, the default) or
+    written out (`"eager"`), as `config._attn_implementation` says; the eager path also returns the probabilities.
 
     With LSA the queries are divided by a learned per-head temperature τ (initialised at sqrt(d_head), so the first
     step equals plain attention's 1/sqrt(d) scale) and a boolean mask removes the diagonal: softmax(q·kᵀ/τ) over
-    the other tokens only. The mask is handed to the fused kernel, so LSA costs no extra pass over the scores.
+    the other tokens only. Both paths apply the temperature and the mask; the fused kernel takes the mask, so LSA
+    costs no extra pass over the scores.
     """
 
     def __init__(self, config: MedViTConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.attention_head_dim
         inner_dim = self.num_heads * self.head_dim
@@ -143,21 +155,40 @@ class MedViTSelfAttention(nn.Module):
         return mask, 1.0
 
     def attention_probabilities(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The softmax the fused kernel computes, written out: (B, heads, N, N). For inspection and tests."""
+        """The softmax both paths compute, without dropout: (B, heads, N, N), LSA's diagonal exactly 0."""
         q, k, _ = self._queries_keys_values(hidden_states)
         mask, scale = self._mask_and_scale(q.shape[2], q.device)
-        scores = (q @ k.transpose(-2, -1)) * scale
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.softmax(dim=-1)
+        return eager_attention_probabilities(q, k, mask, scale)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the attention block's output (B, N, hidden_size), the attention probabilities (B, heads, N, N) when
+        `output_attentions`, else None). `output_attentions` computes the eager path, as transformers does."""
         q, k, v = self._queries_keys_values(hidden_states)
         mask, scale = self._mask_and_scale(q.shape[2], q.device)
         dropout = self.attention_dropout if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+        if output_attentions or self.config._attn_implementation == "eager":
+            probabilities = F.dropout(eager_attention_probabilities(q, k, mask, scale), p=dropout,
+                                      training=self.training)
+            context = torch.matmul(probabilities, v)
+        else:
+            probabilities = None
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
         b, _, n, _ = context.shape
-        return self.output_dropout(self.output(context.transpose(1, 2).reshape(b, n, -1)))
+        output = self.output_dropout(self.output(context.transpose(1, 2).reshape(b, n, -1)))
+        return output, (probabilities if output_attentions else None)
+
+
+def eager_attention_probabilities(
+    queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """softmax(q·kᵀ · scale) over the keys where `mask` is True (all when None), in float32 as transformers' eager
+    attention, then back to the queries' dtype: (B, heads, N, N)."""
+    scores = torch.matmul(queries, keys.transpose(-2, -1)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1, dtype=torch.float32).to(queries.dtype)
 
 
 class DropPath(nn.Module):
@@ -186,8 +217,9 @@ class MedViTMLP(nn.Sequential):
         )
 
 
-class MedViTLayer(nn.Module):
-    """Pre-norm block: x + DropPath(Attention(LN(x))), then x + DropPath(MLP(LN(x)))."""
+class MedViTLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + DropPath(Attention(LN(x))), then x + DropPath(MLP(LN(x))). Returns (hidden states,
+    attention probabilities or None); `model.gradient_checkpointing_enable()` recomputes it in the backward pass."""
 
     def __init__(self, config: MedViTConfig, drop_path_rate: float):
         super().__init__()
@@ -197,22 +229,42 @@ class MedViTLayer(nn.Module):
         self.mlp = MedViTMLP(config)
         self.drop_path = DropPath(drop_path_rate)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.drop_path(self.attention(self.attention_norm(hidden_states)))
-        return hidden_states + self.drop_path(self.mlp(self.mlp_norm(hidden_states)))
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, attentions = self.attention(self.attention_norm(hidden_states), output_attentions)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        return hidden_states + self.drop_path(self.mlp(self.mlp_norm(hidden_states))), attentions
 
 
-class MedViTHead(nn.Module):
-    """Final LayerNorm, pooling (flatten / mean / cls / attention), dropout, GELU MLP `head_hidden_sizes`, classifier.
-
-    Attention pooling (CCT's SeqPool) scores each token with one linear unit and takes the softmax-weighted mean:
-    the model learns which tokens matter instead of averaging all of them equally."""
+class MedViTPooler(nn.Module):
+    """Reads the final-normed tokens as one vector per image, as `config.pooling` says: `"flatten"` (all tokens
+    flattened, (B, N · hidden_size)), `"mean"`, `"cls"` (the CLS token) or `"attention"` (CCT's SeqPool: one linear
+    score per token, softmax over the tokens, the weighted mean), (B, hidden_size) each. Attention pooling learns
+    which tokens matter instead of averaging all of them equally."""
 
     def __init__(self, config: MedViTConfig):
         super().__init__()
         self.pooling = config.pooling
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention_pool = nn.Linear(config.hidden_size, 1) if config.pooling == "attention" else None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "flatten":
+            return hidden_states.flatten(1)
+        if self.pooling == "mean":
+            return hidden_states.mean(dim=1)
+        if self.pooling == "attention":
+            weights = self.attention_pool(hidden_states).softmax(dim=1)  # (B, N, 1): one weight per token
+            return (weights * hidden_states).sum(dim=1)
+        return hidden_states[:, 0]  # "cls"
+
+
+class MedViTHead(nn.Module):
+    """The classification head on the pooled features: dropout, GELU MLP `head_hidden_sizes` (each followed by
+    dropout), linear classifier to `num_labels`."""
+
+    def __init__(self, config: MedViTConfig):
+        super().__init__()
         width = config.hidden_size * (config.num_patches if config.pooling == "flatten" else 1)
         layers = [nn.Dropout(config.head_dropout_prob)]
         for hidden_width in config.head_hidden_sizes:
@@ -221,26 +273,43 @@ class MedViTHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, config.num_labels)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.norm(hidden_states)
-        if self.pooling == "flatten":
-            pooled = hidden_states.flatten(1)
-        elif self.pooling == "mean":
-            pooled = hidden_states.mean(dim=1)
-        elif self.pooling == "attention":
-            weights = self.attention_pool(hidden_states).softmax(dim=1)  # (B, N, 1): one weight per token
-            pooled = (weights * hidden_states).sum(dim=1)
-        else:  # "cls"
-            pooled = hidden_states[:, 0]
-        return self.classifier(self.mlp(pooled))
+    def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.mlp(pooled_output))
 
 
 class MedViTPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and the transformers capabilities shared by the ViT models."""
+
     config: MedViTConfig
     config_class = MedViTConfig
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MedViTEmbeddings", "MedViTLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    # `MedViTSelfAttention` reads `config._attn_implementation` at every call, so `set_attn_implementation` takes effect
+    # at once (transformers otherwise guesses this from the module's source).
+    _can_set_attn_implementation_cached_value = True
+    # Set while a task model builds its base model: the task model's `post_init` then initialises both in one pass.
+    _defer_weight_initialization = False
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with the weights under the modules' own names (`vit.*`, as in
+        `state_dict()`) by default: the renamings registered below for checkpoints of the flat layout apply when
+        loading; reversed on saving they would not give that layout back."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+    def init_weights(self):
+        """Initialise the weights, unless a task model is building this base model and will initialise it.
+
+        One pass over the whole model draws the random numbers in the order of the modules, as a single flat model
+        would; the base model initialising itself first would change every draw of the head's."""
+        if not self._defer_weight_initialization:
+            super().init_weights()
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -263,50 +332,121 @@ class MedViTPreTrainedModel(PreTrainedModel):
             init.constant_(module.temperature, math.sqrt(module.head_dim))
 
 
-class MedViTForImageClassification(MedViTPreTrainedModel):
+class MedViTModel(MedViTPreTrainedModel):
     """
-    A pre-norm Vision Transformer classifier; `config.use_shifted_patch_tokenization` and
-    `config.use_locality_self_attention` switch on SPT and LSA (together: the ViT for small-size data sets).
+    The bare pre-norm Vision Transformer: embeddings (plain, SPT or convolutional tokens, position embeddings),
+    `num_hidden_layers` blocks, the final LayerNorm and the pooling `config.pooling`.
 
-    Takes `pixel_values` (B, C, H, W) normalised as the saved image processor does, optional `labels` (class indices,
-    or a float multi-hot matrix for multi-label flags) and returns an `ImageClassifierOutput`.
+    Takes `pixel_values` (B, C, H, W), cast to the weights' dtype, and returns a `BaseModelOutputWithPooling`:
+    `last_hidden_state` (B, tokens, hidden_size) after the final LayerNorm (CLS first when `pooling="cls"`),
+    `pooler_output` the pooled features, and with `output_hidden_states=True` the tokens after the embeddings and
+    after each block, with `output_attentions=True` each block's attention probabilities (B, heads, tokens, tokens);
+    with LSA their diagonal is exactly 0.
+
+    Args:
+        config: the model's configuration.
+        add_pooling_layer: whether to pool (`pooler_output` is None without it).
+        initialize: False when a task model builds it as its base model and initialises the whole model itself.
     """
 
-    def __init__(self, config: MedViTConfig):
+    def __init__(self, config: MedViTConfig, add_pooling_layer: bool = True, initialize: bool = True):
         super().__init__(config)
         self.embeddings = MedViTEmbeddings(config)
         drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
         self.layers = nn.ModuleList([MedViTLayer(config, rate) for rate in drop_path_rates])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = MedViTPooler(config) if add_pooling_layer else None
+        self._defer_weight_initialization = not initialize
+        self.post_init()
+        self._defer_weight_initialization = False
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.tokenizer
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        pixel_values = prepare_pixel_values(pixel_values.to(self.embeddings.weight_dtype), self.config)
+        hidden_states = self.embeddings(pixel_values)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attentions = layer(hidden_states, output_attentions=output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attentions,)
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output,
+                                          hidden_states=all_hidden_states, attentions=all_attentions)
+
+
+class MedViTForImageClassification(MedViTPreTrainedModel):
+    """
+    A pre-norm Vision Transformer classifier: the base model `vit` ([`MedViTModel`]) and the head `head` (dropout,
+    MLP, classifier) on its pooled features. `config.use_shifted_patch_tokenization` and
+    `config.use_locality_self_attention` switch on SPT and LSA (together: the ViT for small-size data sets).
+
+    Takes `pixel_values` (B, C, H, W) normalised as the saved image processor does, optional `labels` (class indices,
+    or a float multi-hot matrix for multi-label flags) and returns an `ImageClassifierOutput` (a tuple with
+    `return_dict=False`): `loss`, `logits`, and as the base model returns them `hidden_states` and `attentions`
+    (of the images as given when `config.test_time_horizontal_flip` also classifies their mirror images).
+    """
+
+    def __init__(self, config: MedViTConfig):
+        super().__init__(config)
+        self.vit = MedViTModel(config, initialize=False)
         self.head = MedViTHead(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutput:
-        """`output_hidden_states=True` also returns the tokens after the embeddings and after each layer,
-        (B, tokens, hidden_size) each (CLS first when `pooling="cls"`)."""
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
         pixel_values = prepare_pixel_values(pixel_values, self.config)
         batch_size = pixel_values.shape[0]
         mirror = self.config.test_time_horizontal_flip and not self.training
         if mirror:
             pixel_values = with_mirror_images(pixel_values)
-        hidden_states = self.embeddings(pixel_values)
-        all_hidden_states = [hidden_states[:batch_size]]  # the images as given, not their mirror images
-        for layer in self.layers:
-            hidden_states = layer(hidden_states)
-            all_hidden_states.append(hidden_states[:batch_size])
-        logits = self.head(hidden_states)
-        if mirror:
+        outputs = self.vit(pixel_values, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.head(outputs.pooler_output)
+        hidden_states, attentions = outputs.hidden_states, outputs.attentions
+        if mirror:  # the outputs of the images as given, not of their mirror images
             logits = average_over_mirror_images(logits)
+            hidden_states = tuple(h[:batch_size] for h in hidden_states) if hidden_states is not None else None
+            attentions = tuple(a[:batch_size] for a in attentions) if attentions is not None else None
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits,
-                                     hidden_states=tuple(all_hidden_states) if output_hidden_states else None)
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
 
 
-__all__ = ["MedViTForImageClassification", "MedViTPreTrainedModel"]
+# Checkpoints saved before the base model existed hold the classifier's modules at the top level: `embeddings.*`,
+# `layers.*`, `head.norm.*` (the final LayerNorm) and `head.attention_pool.*`. `from_pretrained` renames their keys.
+register_checkpoint_conversion_mapping("MedViTForImageClassification", [
+    WeightRenaming(r"^embeddings\.", "vit.embeddings."),
+    WeightRenaming(r"^layers\.", "vit.layers."),
+    WeightRenaming(r"^head\.norm\.", "vit.layernorm."),
+    WeightRenaming(r"^head\.attention_pool\.", "vit.pooler.attention_pool."),
+], overwrite=True)
+register_checkpoint_conversion_mapping("MedViTModel", [
+    WeightRenaming(r"^head\.norm\.", "layernorm."),
+    WeightRenaming(r"^head\.attention_pool\.", "pooler.attention_pool."),
+], overwrite=True)
+
+
+__all__ = ["MedViTForImageClassification", "MedViTModel", "MedViTPreTrainedModel"]

@@ -79,8 +79,8 @@ def test_the_reconstruction_loss_falls_and_only_the_encoder_stays_in_the_classif
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses
     after = classifier.state_dict()
     assert after.keys() == before.keys()  # no decoder weights in the classifier
-    assert not torch.equal(after["embeddings.tokenizer.projection.weight"],
-                           before["embeddings.tokenizer.projection.weight"])
+    assert not torch.equal(after["vit.embeddings.tokenizer.projection.weight"],
+                           before["vit.embeddings.tokenizer.projection.weight"])
     torch.testing.assert_close(after["head.classifier.weight"], before["head.classifier.weight"])  # no labels used
 
 

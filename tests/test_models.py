@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from models.modeling_vit import (ConvolutionalTokenizer, MedViTHead, MedViTSelfAttention, ShiftedPatchTokenization,
+from models.modeling_vit import (ConvolutionalTokenizer, MedViTPooler, MedViTSelfAttention, ShiftedPatchTokenization,
                                  patchify)
 
 # Small ViT geometries keep the tests fast; the default (seed) geometry is exercised once below.
@@ -50,7 +50,7 @@ def test_default_vit_geometry_is_the_seeds(name):
 
 def test_cnn_default_is_the_medmnist_getting_started_network():
     model = models.build_model("cnn", 1, 2)
-    convs = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [m for m in model.cnn.features.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [16, 16, 64, 64, 64]
     assert [c.padding for c in convs] == [(0, 0)] * 4 + [(1, 1)]
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -83,7 +83,7 @@ def test_spt_moves_a_known_pixel_into_each_diagonal_copy():
 
 
 def make_attention(lsa: bool) -> MedViTSelfAttention:
-    return models.build_model("vit_lsa" if lsa else "vit", 1, 2, **TINY_VIT, image_size=16, patch_size=4).layers[0].attention.eval()
+    return models.build_model("vit_lsa" if lsa else "vit", 1, 2, **TINY_VIT, image_size=16, patch_size=4).vit.layers[0].attention.eval()
 
 
 def test_lsa_masks_the_diagonal_and_rows_sum_to_one():
@@ -98,7 +98,7 @@ def test_lsa_temperature_is_trainable_and_starts_at_sqrt_head_dim():
     attention = make_attention(lsa=True).train()
     assert isinstance(attention.temperature, torch.nn.Parameter)
     torch.testing.assert_close(attention.temperature.detach(), torch.full((2,), 8**0.5))
-    attention(torch.randn(2, 10, 16)).sum().backward()
+    attention(torch.randn(2, 10, 16))[0].sum().backward()
     assert attention.temperature.grad is not None and attention.temperature.grad.abs().sum() > 0
 
 
@@ -118,7 +118,7 @@ def test_fused_attention_equals_the_written_out_softmax(lsa):
     x = torch.randn(2, 10, 16)
     _, _, v = attention._queries_keys_values(x)
     context = (attention.attention_probabilities(x) @ v).transpose(1, 2).reshape(2, 10, -1)
-    torch.testing.assert_close(attention(x), attention.output(context), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention(x)[0], attention.output(context), atol=1e-5, rtol=1e-5)
 
 
 CONV_TOKENIZER = dict(use_shifted_patch_tokenization=False, use_convolutional_tokenizer=True)
@@ -128,7 +128,7 @@ CONV_TOKENIZER = dict(use_shifted_patch_tokenization=False, use_convolutional_to
 def test_convolutional_tokenizer_keeps_the_patch_grid_and_is_local(image_size, patch_size):
     model = models.build_model("vit_lsa", 1, 2, **dict(TINY_VIT, image_size=image_size, patch_size=patch_size),
                                **CONV_TOKENIZER).eval()
-    tokenizer = model.embeddings.tokenizer
+    tokenizer = model.vit.embeddings.tokenizer
     assert isinstance(tokenizer, ConvolutionalTokenizer)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in tokenizer.modules()) == patch_size.bit_length() - 1
     grid = image_size // patch_size
@@ -147,7 +147,7 @@ def test_convolutional_tokenizer_is_he_initialised_and_loads_back(tmp_path):
     torch.manual_seed(0)
     model = models.build_model("vit", 1, 2, **dict(TINY_VIT, image_size=28, patch_size=4),
                                use_convolutional_tokenizer=True)
-    first, second = [m for m in model.embeddings.tokenizer.modules() if isinstance(m, torch.nn.Conv2d)]
+    first, second = [m for m in model.vit.embeddings.tokenizer.modules() if isinstance(m, torch.nn.Conv2d)]
     # He: std sqrt(2 / fan_in), fan_in 1·3·3 and 16·3·3; the generic init would give 0.02.
     assert first.weight.std().item() == pytest.approx((2 / 9) ** 0.5, rel=0.3)
     assert second.weight.std().item() == pytest.approx((2 / 144) ** 0.5, rel=0.1)
@@ -160,12 +160,12 @@ def test_convolutional_tokenizer_is_he_initialised_and_loads_back(tmp_path):
 def test_convolutional_tokenizer_batch_norm_normalises_each_block_and_saves_its_statistics(tmp_path):
     model = models.build_model("vit_conv_lsa", 1, 2, **dict(TINY_VIT, image_size=28, patch_size=4),
                                convolutional_tokenizer_batch_norm=True)
-    norms = [m for m in model.embeddings.tokenizer.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    norms = [m for m in model.vit.embeddings.tokenizer.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == 2
     model.train()
     with torch.no_grad():
         model(5.0 + 3.0 * torch.randn(8, 1, 28, 28))  # far from zero mean, unit variance
-        first_conv = model.embeddings.tokenizer.blocks[0]
+        first_conv = model.vit.embeddings.tokenizer.blocks[0]
         features = norms[0](first_conv(5.0 + 3.0 * torch.randn(64, 1, 28, 28)))
     # in training mode each channel leaves the BatchNorm at mean 0, std 1; the running statistics moved
     assert features.mean(dim=(0, 2, 3)).abs().max() < 1e-4
@@ -183,7 +183,7 @@ def test_vit_conv_lsa_is_the_convolutional_tokenizer_with_lsa_at_every_default_g
     from training.recipes import native_geometry
 
     model = models.build_model("vit_conv_lsa", 3, 8)  # the config defaults: the seed's 72 px, patch 8
-    assert isinstance(model.embeddings.tokenizer, ConvolutionalTokenizer)
+    assert isinstance(model.vit.embeddings.tokenizer, ConvolutionalTokenizer)
     assert model.config.use_locality_self_attention and not model.config.use_shifted_patch_tokenization
     assert model.config.num_patches == 81
     for image_size in (28, 64, 128, 224):  # every MedMNIST resolution, at the default recipe's geometry
@@ -201,18 +201,16 @@ def test_convolutional_tokenizer_refuses_spt_and_odd_patch_sizes():
 def test_attention_pooling_weights_tokens_by_a_learned_score():
     config = models.build_config("vit", 1, 2, **dict(TINY_VIT, image_size=28, patch_size=4), pooling="attention",
                                  head_hidden_sizes=[], head_dropout_prob=0.0)
-    head = MedViTHead(config).eval()
+    pooler = MedViTPooler(config).eval()
     torch.manual_seed(0)
     tokens = torch.randn(2, 49, 16)
-    normed = head.norm(tokens)
     with torch.no_grad():
-        head.attention_pool.weight.zero_()
-        head.attention_pool.bias.zero_()  # equal scores: the plain mean
-        torch.testing.assert_close(head(tokens), head.classifier(normed.mean(dim=1)))
-        tokens[:, 5, 0] += 100.0  # one token whose LayerNorm'd feature 0 is the largest (sqrt(15)) ...
-        head.attention_pool.weight[0, 0] = 100.0  # ... and a score that reads feature 0: that token alone
-        expected = head.classifier(head.norm(tokens)[:, 5])
-        torch.testing.assert_close(head(tokens), expected, atol=1e-4, rtol=1e-4)
+        pooler.attention_pool.weight.zero_()
+        pooler.attention_pool.bias.zero_()  # equal scores: the plain mean
+        torch.testing.assert_close(pooler(tokens), tokens.mean(dim=1))
+        tokens[:, 5, 0] += 100.0  # one token whose feature 0 is the largest ...
+        pooler.attention_pool.weight[0, 0] = 100.0  # ... and a score that reads feature 0: that token alone
+        torch.testing.assert_close(pooler(tokens), tokens[:, 5], atol=1e-4, rtol=1e-4)
     model = models.build_model("vit_conv_lsa", 1, 2, **dict(TINY_VIT, image_size=28, patch_size=4),
                                pooling="attention")
     assert model(torch.randn(3, 1, 28, 28)).logits.shape == (3, 2)

@@ -54,9 +54,11 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         config = model.config
         self.check_config(config, mask_ratio)
-        # The encoder: the classifier's own modules (shared, trained in place), not its head's pooling and classifier,
-        # which MAE does not use (DistributedDataParallel requires every parameter of the module to get a gradient).
-        self.embeddings, self.layers, self.final_norm = model.embeddings, model.layers, model.head.norm
+        # The encoder: the base model's own modules (shared, trained in place), not its pooling nor the classifier's
+        # head, which MAE does not use (DistributedDataParallel requires every parameter of the module to get a
+        # gradient).
+        encoder = model.base_model
+        self.embeddings, self.layers, self.final_norm = encoder.embeddings, encoder.layers, encoder.layernorm
         self.mask_ratio = mask_ratio
         self.normalize_target = normalize_target
         self.patch_size = config.patch_size
@@ -139,7 +141,7 @@ class MaskedAutoencoder(nn.Module):
             tokens = torch.cat([cls.expand(batch, -1, -1).to(tokens.dtype), tokens], dim=1)
         tokens = embeddings.dropout(tokens)
         for layer in self.layers:
-            tokens = layer(tokens)
+            tokens, _ = layer(tokens)
         tokens = self.final_norm(tokens)[:, first_grid_token:]
 
         # The decoder: visible tokens back in place, the mask token everywhere else.
@@ -148,7 +150,7 @@ class MaskedAutoencoder(nn.Module):
                                   self.decoder_embed(tokens).to(decoded.dtype))
         decoded = decoded + self.decoder_position_embeddings
         for layer in self.decoder_layers:
-            decoded = layer(decoded)
+            decoded, _ = layer(decoded)
         prediction = self.decoder_prediction(self.decoder_norm(decoded)).float()  # (B, N, p·p·C)
 
         target = patchify(pixel_values.float(), p)
