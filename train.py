@@ -243,6 +243,7 @@ def main(argv=None, methods=None):
     try:
         dataset, info = load_data(args, accelerator.device)
         model, start = build_or_load_model(args, info)
+        models.accept_legacy_state_dicts(model)  # resuming a checkpoint of the earlier module layout
         if uses_own_images(args):
             size = start.image_size if start is not None and start.image_size else model.config.image_size
             dataset, info = decode_own_images(dataset, size, accelerator)

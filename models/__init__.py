@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 from .configuration_cnn import MedCNNConfig
 from .configuration_vit import MedViTConfig
 from .image_processing import build_image_processor
+from .legacy_layout import accept_legacy_state_dicts, rename_legacy_keys
 from .modeling_cnn import MedCNNForImageClassification, MedCNNModel
 from .modeling_vit import MedViTForImageClassification, MedViTModel
 
@@ -127,6 +128,8 @@ def build_model(
 
 __all__ = [
     "MODEL_NAMES",
+    "accept_legacy_state_dicts",
+    "rename_legacy_keys",
     "MedCNNConfig",
     "MedCNNForImageClassification",
     "MedCNNModel",

@@ -127,3 +127,39 @@ def test_a_run_folder_belongs_to_one_run(data_dir, tmp_path, capsys):
     (run / "notes.txt").write_text("mine")
     before = snapshot(run)
     assert "did not write" in refused("--overwrite_output_dir")
+
+
+EARLIER_LAYOUT = (("cnn.features.", "features."),)  # the CNN's keys before it had a base model
+
+
+def test_a_checkpoint_of_the_earlier_module_layout_resumes_like_the_straight_run(data_dir, tmp_path):
+    """A checkpoint whose weights carry the keys of the layout before the base models (`features.*` instead of
+    `cnn.features.*`) resumes: accelerate's load_state and the best weights get the same renamings as
+    from_pretrained."""
+    from models.integrity import write_manifest
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(command(data_dir, straight), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    kill_after_checkpoint(command(data_dir, killed), killed, KILL_AFTER)
+    checkpoint = list_checkpoints(killed)[-1]
+    for name in ("model.safetensors", "best_model.safetensors"):
+        from safetensors.torch import save_file
+
+        weights = load_file(checkpoint / name)
+        renamed = {}
+        for key, value in weights.items():
+            for new, old in EARLIER_LAYOUT:
+                key = old + key[len(new):] if key.startswith(new) else key
+            renamed[key] = value
+        assert renamed.keys() != weights.keys()
+        save_file(renamed, checkpoint / name)
+    (checkpoint / "manifest.sha256.json").unlink()
+    write_manifest(checkpoint)
+    result = subprocess.run(command(data_dir, killed, "--resume_from_checkpoint", "latest"), cwd=ROOT, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, resumed = (json.loads((run / "all_results.json").read_text()) for run in (straight, killed))
+    assert resumed["validation_history"] == expected["validation_history"]
+    assert resumed["test_metrics"] == expected["test_metrics"]
+    a, b = (load_file(run / "best" / "model.safetensors") for run in (straight, killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

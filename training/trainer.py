@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 import data
 import metrics
+import models
 from metrics.plots import confusion_matrix_figure
 
 from .checkpointing import (check_checkpoint_files, read_best_weights, read_method_states, read_trainer_state,
@@ -226,7 +227,9 @@ class Trainer:
         the methods' states."""
         self.accelerator.load_state(str(checkpoint))
         self.state = state
-        self.best_weights = read_best_weights(checkpoint)
+        best = read_best_weights(checkpoint)
+        unwrapped = self.accelerator.unwrap_model(self.run.model)
+        self.best_weights = None if best is None else models.rename_legacy_keys(unwrapped, best)
         self.methods.load_state_dicts(read_method_states(checkpoint))
         if self.accelerator.is_main_process:
             logger.info(f"Resumed from {checkpoint}: epoch {state['epoch']}, step {state['global_step']}")
