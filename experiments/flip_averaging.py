@@ -6,8 +6,8 @@
 For every `fold<i>` of a `experiments/cross_validate.py` setting, loads `best` and `last`, rebuilds the fold's
 held-out images exactly as training did (`run_config.json`: data set, folds, fold, data folder) and computes their
 validation ACC / AUC twice: as trained, and with the evaluation's flip averaging on (`metrics.predict(...,
-flip_averaging=True)`: each image and its mirror image, logits averaged). Prints both per fold and the mean ± std over folds of the difference. The test split is
-never read, so the answer can choose a recipe.
+flip_averaging=True)`: each image and its mirror image, logits averaged). Prints both per fold and the mean ± std
+over folds of the difference. The test split is never read, so the answer can choose a recipe.
 """
 
 import argparse
