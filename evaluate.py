@@ -20,6 +20,7 @@ for a Hub id), from the main process only:
                              precision / recall / F1 / AUC, confusion matrix, ECE; the model, split and data file MD5
     confusion_matrix.png, roc_curves.png, reliability_diagram.png
     predictions.npz          the scores and labels the metrics were computed from
+                             (with `--flip_averaging`, metrics.json's run.flip_averaging true, of averaged logits)
 and prints the same metrics as a table. Each sample is counted exactly once whatever the number of processes.
 
 Note: this file shares its name with Hugging Face's `evaluate` library. The project imports the library through
@@ -84,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--per_device_eval_batch_size", type=int, default=256, help="Batch size per process (default 256).")
     add("--bootstrap_samples", type=int, default=1000,
         help="Resamples for the 95%% intervals of ACC and AUC (default 1000; 0 skips them).")
+    add("--flip_averaging", action="store_true",
+        help="Test-time flip averaging: each image's scores from the mean of its own and its left-right mirror "
+             "image's logits (twice the inference cost). On by itself for a checkpoint whose config was saved with "
+             "test_time_horizontal_flip true.")
     add("--seed", type=int, default=42, help="Seed of the bootstrap resampling and of a validation split cut from "
                                              "your own data's train split (default 42, train.py's default, so that "
                                              "a training run's split and test metrics are reproduced).")
@@ -211,9 +216,16 @@ def main(argv=None) -> dict | None:
                 f"{len(split)} images on {accelerator.num_processes} process(es), "
                 f"{args.per_device_eval_batch_size} per batch")
 
+    flip_averaging = args.flip_averaging or metrics.legacy_flip_averaging(config)
+    if flip_averaging and not args.flip_averaging:
+        logger.info("Flip averaging on: the checkpoint's config was saved with test_time_horizontal_flip true (the "
+                    "former model field); its predictions average each image with its mirror image, as before")
+    elif flip_averaging:
+        logger.info("Flip averaging on (--flip_averaging): each image averaged with its mirror image")
+
     # 3. Every process predicts its share; all of them get every sample back exactly once.
     scores, labels = metrics.predict(model, split, transform, accelerator, args.per_device_eval_batch_size,
-                                     info.task, desc=f"Evaluating {args.split}")
+                                     info.task, desc=f"Evaluating {args.split}", flip_averaging=flip_averaging)
 
     # 4. Metrics, report and files from the main process.
     record = None
@@ -239,6 +251,7 @@ def main(argv=None) -> dict | None:
                 "num_processes": accelerator.num_processes,
                 "per_device_eval_batch_size": args.per_device_eval_batch_size,
                 "mixed_precision": accelerator.mixed_precision,
+                "flip_averaging": flip_averaging,
                 "torch": torch.__version__,
             },
         }

@@ -5,9 +5,9 @@
 
 For every `fold<i>` of a `experiments/cross_validate.py` setting, loads `best` and `last`, rebuilds the fold's
 held-out images exactly as training did (`run_config.json`: data set, folds, fold, data folder) and computes their
-validation ACC / AUC twice: as trained, and with `config.test_time_horizontal_flip` on (each image and its mirror
-image, logits averaged). Prints both per fold and the mean ± std over folds of the difference. The test split is
-never read, so the answer can choose a recipe.
+validation ACC / AUC twice: as trained, and with the evaluation's flip averaging on (`metrics.predict(...,
+flip_averaging=True)`: each image and its mirror image, logits averaged). Prints both per fold and the mean ± std
+over folds of the difference. The test split is never read, so the answer can choose a recipe.
 """
 
 import argparse
@@ -47,9 +47,9 @@ def fold_metrics(checkpoint: Path, split, info, accelerator: Accelerator) -> dic
     model = loaded.model.to(accelerator.device)  # the split's images live there (a GPU when there is one)
     results = {}
     for flip in (False, True):
-        model.config.test_time_horizontal_flip = flip
         scores, labels = metrics.predict(model, split, transform, accelerator, 512, info.task,
-                                         desc=f"{checkpoint.parent.name}/{checkpoint.name}, flip {flip}")
+                                         desc=f"{checkpoint.parent.name}/{checkpoint.name}, flip {flip}",
+                                         flip_averaging=flip)
         computed = metrics.compute_metrics(scores, labels, info.task, bootstrap_samples=0)
         results[flip] = (computed["acc"], computed["auc"])
     return results

@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .compute import logits_to_scores
+from .flip_averaging import flip_averaged_logits
 
 
 def predict(
@@ -20,6 +21,7 @@ def predict(
     desc: str = "Predicting",
     return_logits: bool = False,
     loader=None,
+    flip_averaging: bool = False,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores and labels of every sample of `split`, each counted exactly once, on every process.
 
@@ -35,6 +37,9 @@ def predict(
         return_logits: also return the float32 logits (e.g. for a validation loss).
         loader: an index loader over `split` already prepared by `accelerator` (shuffle off). Pass one when
             predicting repeatedly (every epoch): each `accelerator.prepare` registers a loader for `save_state`.
+        flip_averaging: test-time flip averaging: each image's logits are the mean of its own and its left-right
+            mirror image's (`metrics.flip_averaging`; one forward pass over both, twice the cost). Off: the logits of
+            the images as given.
 
     Returns:
         (scores, labels[, logits]) as NumPy arrays in the split's order, identical on all processes:
@@ -54,7 +59,9 @@ def predict(
             for indices in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process):
                 images, labels = split.batch(indices)
                 with accelerator.autocast():
-                    logits = model(pixel_values=transform(images, train=False)).logits
+                    pixel_values = transform(images, train=False)
+                    logits = (flip_averaged_logits(model, pixel_values) if flip_averaging
+                              else model(pixel_values=pixel_values).logits)
                 batch = accelerator.gather_for_metrics((indices, logits.float(), labels))
                 for key, value in zip(("indices", "logits", "labels"), batch):
                     gathered[key].append(value.cpu())

@@ -21,10 +21,10 @@ class MedCNNConfig(PreTrainedConfig):
             Output channels of the five convolutions.
         fc_hidden_sizes (`list[int]`, defaults to `[128, 128]`):
             Widths of the hidden fully connected layers before the classifier.
-        test_time_horizontal_flip (`bool`, defaults to `False`):
-            Test-time augmentation: in eval mode, classify each image and its left-right mirror image (one forward
-            pass over both) and return the mean of their logits. Training is unchanged. Meant for models trained with
-            flips in the augmentation (the recipes' `seed` preset); doubles the cost of inference.
+        test_time_horizontal_flip (`bool`, deprecated):
+            No longer a field: test-time flip averaging is an option of the evaluation (`metrics.predict`,
+            `evaluate.py --flip_averaging`), and the model ignores this attribute. A checkpoint saved with it true
+            keeps it (evaluation then averages, as the model used to); false is dropped.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the fully connected layers.
         num_labels (`int`): number of classes (or of binary labels for a multi-label flag); a
@@ -37,12 +37,14 @@ class MedCNNConfig(PreTrainedConfig):
     num_channels: int = 3
     conv_channels: list[int] | tuple[int, ...] = (16, 16, 64, 64, 64)
     fc_hidden_sizes: list[int] | tuple[int, ...] = (128, 128)
-    test_time_horizontal_flip: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         self.conv_channels = list(self.conv_channels)
         self.fc_hidden_sizes = list(self.fc_hidden_sizes)
+        # Deprecated (see the docstring): kept only when true, so that evaluation can still read it.
+        if not kwargs.get("test_time_horizontal_flip", True):
+            kwargs.pop("test_time_horizontal_flip")
         super().__post_init__(**kwargs)
 
     def validate_geometry(self):

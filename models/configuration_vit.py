@@ -70,10 +70,10 @@ class MedViTConfig(PreTrainedConfig):
             BatchNorm after each of the convolutional tokenizer's convolutions (before the ReLU), as in the
             convolutional stems of Xiao et al. (2021), "Early Convolutions Help Transformers See Better". Needs
             `use_convolutional_tokenizer`.
-        test_time_horizontal_flip (`bool`, defaults to `False`):
-            Test-time augmentation: in eval mode, classify each image and its left-right mirror image (one forward
-            pass over both) and return the mean of their logits. Training is unchanged. Meant for models trained with
-            flips in the augmentation (the recipes' `seed` preset); doubles the cost of inference.
+        test_time_horizontal_flip (`bool`, deprecated):
+            No longer a field: test-time flip averaging is an option of the evaluation (`metrics.predict`,
+            `evaluate.py --flip_averaging`), and the model ignores this attribute. A checkpoint saved with it true
+            keeps it (evaluation then averages, as the model used to); false is dropped.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the truncated-normal initialisation of weights and embeddings.
     """
@@ -99,11 +99,13 @@ class MedViTConfig(PreTrainedConfig):
     use_locality_self_attention: bool = False
     use_convolutional_tokenizer: bool = False
     convolutional_tokenizer_batch_norm: bool = False
-    test_time_horizontal_flip: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         self.head_hidden_sizes = list(self.head_hidden_sizes)
+        # Deprecated (see the docstring): kept only when true, so that evaluation can still read it.
+        if not kwargs.get("test_time_horizontal_flip", True):
+            kwargs.pop("test_time_horizontal_flip")
         super().__post_init__(**kwargs)
 
     def validate_geometry(self):

@@ -10,7 +10,6 @@ from transformers.utils import can_return_tuple
 
 from .configuration_cnn import MedCNNConfig
 from .input_checks import prepare_pixel_values
-from .flip_averaging import average_over_mirror_images, with_mirror_images
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, padding: int) -> nn.Sequential:
@@ -127,16 +126,9 @@ class MedCNNForImageClassification(MedCNNPreTrainedModel):
         **kwargs,
     ) -> ImageClassifierOutput:
         pixel_values = prepare_pixel_values(pixel_values, self.config)
-        batch_size = pixel_values.shape[0]
-        mirror = self.config.test_time_horizontal_flip and not self.training
-        if mirror:
-            pixel_values = with_mirror_images(pixel_values)
         outputs = self.cnn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.fc(outputs.pooler_output))
         hidden_states = outputs.hidden_states
-        if mirror:  # the outputs of the images as given, not of their mirror images
-            logits = average_over_mirror_images(logits)
-            hidden_states = tuple(h[:batch_size] for h in hidden_states) if hidden_states is not None else None
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 

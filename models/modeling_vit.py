@@ -16,7 +16,6 @@ from transformers.utils import can_return_tuple
 
 from .configuration_vit import MedViTConfig
 from .input_checks import prepare_pixel_values
-from .flip_averaging import average_over_mirror_images, with_mirror_images
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -399,8 +398,7 @@ class MedViTForImageClassification(MedViTPreTrainedModel):
 
     Takes `pixel_values` (B, C, H, W) normalised as the saved image processor does, optional `labels` (class indices,
     or a float multi-hot matrix for multi-label flags) and returns an `ImageClassifierOutput` (a tuple with
-    `return_dict=False`): `loss`, `logits`, and as the base model returns them `hidden_states` and `attentions`
-    (of the images as given when `config.test_time_horizontal_flip` also classifies their mirror images).
+    `return_dict=False`): `loss`, `logits`, and as the base model returns them `hidden_states` and `attentions`.
     """
 
     def __init__(self, config: MedViTConfig):
@@ -419,18 +417,10 @@ class MedViTForImageClassification(MedViTPreTrainedModel):
         **kwargs,
     ) -> ImageClassifierOutput:
         pixel_values = prepare_pixel_values(pixel_values, self.config)
-        batch_size = pixel_values.shape[0]
-        mirror = self.config.test_time_horizontal_flip and not self.training
-        if mirror:
-            pixel_values = with_mirror_images(pixel_values)
         outputs = self.vit(pixel_values, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.head(outputs.pooler_output)
         hidden_states, attentions = outputs.hidden_states, outputs.attentions
-        if mirror:  # the outputs of the images as given, not of their mirror images
-            logits = average_over_mirror_images(logits)
-            hidden_states = tuple(h[:batch_size] for h in hidden_states) if hidden_states is not None else None
-            attentions = tuple(a[:batch_size] for a in attentions) if attentions is not None else None
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
 

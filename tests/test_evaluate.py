@@ -257,3 +257,27 @@ def test_bad_arguments_fail_before_any_work(script, workspace, capsys, change, m
 def test_default_output_dir_is_beside_a_local_checkpoint(script, workspace):
     args = script.parse_args(eval_args(workspace, "--split", "val"))
     assert args.split == "validation" and args.output_dir == workspace["checkpoint"].with_name("vit-eval-validation")
+
+
+def test_flip_averaging_is_recorded_and_a_config_saved_with_the_former_field_averages(workspace, script, in_process,
+                                                                                      tmp_path, caplog):
+    import logging
+    import shutil
+
+    runs = {}
+    for run, extra, model in (("plain", (), None), ("flag", ("--flip_averaging",), None), ("legacy", (), "legacy")):
+        if model == "legacy":  # the same weights, its config saved while flip averaging was a model field
+            model = shutil.copytree(workspace["checkpoint"], tmp_path / "legacy")
+            config = json.loads((model / "config.json").read_text())
+            (model / "config.json").write_text(json.dumps({**config, "test_time_horizontal_flip": True}))
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            script.main(eval_args(workspace, "--output_dir", str(tmp_path / run), *extra, model=model))
+        saved = json.loads((tmp_path / run / "metrics.json").read_text())
+        runs[run] = (saved["run"]["flip_averaging"], np.load(tmp_path / run / "predictions.npz")["scores"],
+                     caplog.text)
+    assert [runs[run][0] for run in ("plain", "flag", "legacy")] == [False, True, True]
+    assert not np.allclose(runs["plain"][1], runs["flag"][1])
+    np.testing.assert_array_equal(runs["legacy"][1], runs["flag"][1])
+    assert "saved with test_time_horizontal_flip true" in runs["legacy"][2]
+    assert "test_time_horizontal_flip" not in runs["flag"][2] + runs["plain"][2]

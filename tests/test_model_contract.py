@@ -156,16 +156,6 @@ def test_hidden_states_and_attentions(name):
     assert len(classified.attentions) == config.num_hidden_layers and len(classified.hidden_states) == 3
 
 
-@pytest.mark.parametrize("name", ["cnn", "vit_lsa"])
-def test_outputs_of_mirror_averaging_models_are_of_the_images_as_given(name):
-    model = tiny_model(name, test_time_horizontal_flip=True).eval()
-    pixels = fixed_pixels(model.config.image_size)
-    with torch.no_grad():
-        output = model(pixels, output_hidden_states=True)
-        expected = model.base_model(pixels, output_hidden_states=True).hidden_states
-    assert all(torch.equal(a, b) for a, b in zip(output.hidden_states, expected))
-
-
 def test_cnn_hidden_states_are_the_feature_maps_of_each_block():
     model = tiny_model("cnn").eval()
     with torch.no_grad():

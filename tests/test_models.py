@@ -272,16 +272,15 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent(
     print(json.dumps(report))
     """
 )
-# (model, channels, test-time flip): the flip's module must travel with the saved code as well.
-CHECKPOINT_CASES = [("cnn", 1, True), ("vit", 3, False), ("vit_lsa", 1, True), ("vit_conv_lsa", 3, False)]
+# (model, channels)
+CHECKPOINT_CASES = [("cnn", 1), ("vit", 3), ("vit_lsa", 1), ("vit_conv_lsa", 3)]
 
 
 def test_round_trip_in_a_fresh_process_and_pipeline(tmp_path):
     labels = ["malignant", "benign", "other"]
     expected = {}
-    for name, channels, flip in CHECKPOINT_CASES:
-        model = models.build_model(name, channels, 3, label_names=labels, test_time_horizontal_flip=flip,
-                                   **tiny_overrides(name, 28)).eval()
+    for name, channels in CHECKPOINT_CASES:
+        model = models.build_model(name, channels, 3, label_names=labels, **tiny_overrides(name, 28)).eval()
         checkpoint = tmp_path / name
         model.save_pretrained(checkpoint)
         models.build_image_processor(28, [0.4] * channels, [0.25] * channels).save_pretrained(checkpoint)
@@ -308,31 +307,6 @@ def test_round_trip_in_a_fresh_process_and_pipeline(tmp_path):
         torch.testing.assert_close(torch.load(Path(path) / "logits_fresh.pt"), logits, rtol=0, atol=0)
         assert sorted(p["label"] for p in report[path]) == sorted(labels)
         assert abs(sum(p["score"] for p in report[path]) - 1) < 1e-4
-
-
-@pytest.mark.parametrize("name", models.MODEL_NAMES)
-def test_test_time_flip_averages_each_image_with_its_mirror_image_in_eval_mode_only(name):
-    torch.manual_seed(0)
-    plain = models.build_model(name, 3, 4, **tiny_overrides(name, 28))
-    flipping = models.build_model(name, 3, 4, test_time_horizontal_flip=True, **tiny_overrides(name, 28))
-    flipping.load_state_dict(plain.state_dict())
-    images = torch.randn(5, 3, 28, 28)
-    plain.eval(), flipping.eval()
-    with torch.no_grad():
-        expected = (plain(images).logits + plain(images.flip(-1)).logits) / 2
-        out = flipping(images, output_hidden_states=name != "cnn")
-    torch.testing.assert_close(out.logits, expected)
-    assert not torch.allclose(out.logits, plain(images).logits)  # the mirror image does change the answer
-    if name != "cnn":  # hidden states are the given images', one per image
-        reference = plain(images, output_hidden_states=True).hidden_states
-        assert len(out.hidden_states) == len(reference)
-        for ours, theirs in zip(out.hidden_states, reference):
-            torch.testing.assert_close(ours, theirs)
-    plain.train(), flipping.train()  # training sees one pass of the images as given (dropout drawn alike)
-    torch.manual_seed(1)
-    expected = plain(images).logits
-    torch.manual_seed(1)
-    torch.testing.assert_close(flipping(images).logits, expected)
 
 
 def test_bad_model_name_lists_the_allowed_ones():

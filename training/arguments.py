@@ -29,6 +29,7 @@ import data
 import models
 
 from data.arguments import DataSourceArguments, arg, data_name, resolve_data_source, uses_own_images
+from metrics.flip_averaging import LEGACY_CONFIG_FIELD, legacy_flip_averaging
 from models.fine_tuning import read_starting_checkpoint
 
 from .recipes import RECIPE_NAMES, fine_tuning_defaults, recipe_defaults
@@ -121,6 +122,8 @@ class TrainingArguments:
     seed: int = arg(42, "Random seed: fixes initialisation, data order and augmentation.")
     selection_metric: str | None = arg(None, "Validation metric that picks `best` ('last' keeps the final epoch, as "
                                              "the seed reported). Default: the recipe's.", choices=SELECTION_METRICS)
+    flip_averaging: bool = arg(False, "Test-time flip averaging in validation and test: each image's logits "
+                                      "averaged with its left-right mirror image's (evaluate.py --flip_averaging).")
     skip_test: bool = arg(False, "Never touch the test split (hyperparameter searches): all_results.json gets "
                                  "test_metrics null.")
 
@@ -262,6 +265,9 @@ def apply_recipe(args) -> str:
             args.config_overrides = {**value, **user_overrides}
         elif getattr(args, key, None) is None:
             setattr(args, key, value)
+    # Flip averaging was once a model config field; as an override it now turns on the evaluation's option.
+    if LEGACY_CONFIG_FIELD in args.config_overrides:
+        args.flip_averaging = bool(args.config_overrides.pop(LEGACY_CONFIG_FIELD)) or args.flip_averaging
     return args.model
 
 
@@ -282,6 +288,7 @@ def apply_fine_tuning_recipe(args) -> str:
         raise ValueError(f"--model {args.model} with --model_name_or_path {args.model_name_or_path}: the checkpoint "
                          f"is {kind}. Leave --model out (the architecture comes from the checkpoint).")
     args.model, args.model_weights_sha256 = start.family, start.weights_sha256
+    args.flip_averaging = args.flip_averaging or legacy_flip_averaging(start.config)  # a checkpoint of the old field
     for key, value in fine_tuning_defaults(args.recipe, start.family,
                                            None if uses_own_images(args) else args.dataset).items():
         if getattr(args, key, None) is None:

@@ -170,10 +170,13 @@ def training_step(model, batch: Batch, *, accelerator, optimizer, scheduler, met
     return loss
 
 
-def validate(model, split, transform, accelerator, batch_size: int, info, loader=None) -> tuple[dict, Any, Any]:
-    """(metrics with the validation loss, logits, labels) of `model` on `split`: evaluate.py's inference and metrics."""
+def validate(model, split, transform, accelerator, batch_size: int, info, loader=None,
+             flip_averaging: bool = False) -> tuple[dict, Any, Any]:
+    """(metrics with the validation loss, logits, labels) of `model` on `split`: evaluate.py's inference and metrics
+    (`flip_averaging`: test-time flip averaging, as `metrics.predict`)."""
     scores, labels, logits = metrics.predict(model, split, transform, accelerator, batch_size, info.task,
-                                             desc="Validating", return_logits=True, loader=loader)
+                                             desc="Validating", return_logits=True, loader=loader,
+                                             flip_averaging=flip_averaging)
     results = metrics.compute_metrics(scores, labels, info.task, info.label_names, bootstrap_samples=0)
     results["loss"] = validation_loss(logits, labels, info.is_multilabel)
     return results, logits, labels
@@ -307,7 +310,8 @@ class Trainer:
         run, args, accelerator, state = self.run, self.args, self.accelerator, self.state
         evaluated = self.methods.evaluated_model(run.model)
         results, logits, labels = validate(evaluated, run.validation_split, run.eval_transform, accelerator,
-                                           args.per_device_eval_batch_size, run.info, loader=self.validation_loader)
+                                           args.per_device_eval_batch_size, run.info, loader=self.validation_loader,
+                                           flip_averaging=args.flip_averaging)
         accelerator.log({f"validation/{k}": results[k] for k in ("acc", "auc", "balanced_acc", "ece", "loss")
                          if results[k] is not None}, step=state["global_step"])
         if self.writer is not None:
@@ -363,7 +367,7 @@ class Trainer:
             return None
         scores, labels = metrics.predict(run.model, run.test_split, run.eval_transform, accelerator,
                                          self.args.per_device_eval_batch_size, run.info.task, desc="Testing",
-                                         loader=self.test_loader)
+                                         loader=self.test_loader, flip_averaging=self.args.flip_averaging)
         if not accelerator.is_main_process:
             return None
         return metrics.compute_metrics(scores, labels, run.info.task, run.info.label_names, seed=self.args.seed)
