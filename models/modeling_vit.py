@@ -412,6 +412,9 @@ class MedViTForImageClassification(MedViTPreTrainedModel):
     (of the images as given when `config.test_time_horizontal_flip` also classifies their mirror images).
     """
 
+    # A saved `MedViTForMaskedImageModeling` holds the pre-trained encoder and MAE's decoder, which it does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^mask_token$", r"^decoder_"]
+
     def __init__(self, config: MedViTConfig):
         super().__init__(config)
         self.vit = MedViTModel(config, initialize=False)
