@@ -6,20 +6,29 @@ Importing this package registers the configs and models with `AutoConfig` / `Aut
 `AutoModelForImageClassification` and marks them for `register_for_auto_class`, so that `save_pretrained` writes the
 code and an `auto_map` and anyone can load a saved model with
 `AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)` (or its base with `AutoModel`).
+The ViT's masked-autoencoder pre-training model, `MedViTForMaskedImageModeling`, is registered with
+`AutoModelForMaskedImageModeling`; its saved folders load into the classifier as well (encoder kept, head new).
 """
 
 import dataclasses
 from collections.abc import Sequence
 
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 
 from .configuration_cnn import MedCNNConfig
 from .configuration_vit import MedViTConfig
 from .image_processing import build_image_processor
 from .legacy_layout import accept_legacy_state_dicts, rename_legacy_keys
 from .modeling_cnn import MedCNNForImageClassification, MedCNNModel
-from .modeling_vit import MedViTForImageClassification, MedViTModel
+from .modeling_vit import MedViTForImageClassification, MedViTForMaskedImageModeling, MedViTModel
 
 # name -> (config class, model class, the name's default geometry on top of the config class defaults)
 MODEL_REGISTRY = {
@@ -48,13 +57,18 @@ for _config_class, _model_class, _ in MODEL_REGISTRY.values():
     _config_class.register_for_auto_class()
     BASE_MODELS[_config_class].register_for_auto_class("AutoModel")
     _model_class.register_for_auto_class("AutoModelForImageClassification")
+AutoModelForMaskedImageModeling.register(MedViTConfig, MedViTForMaskedImageModeling, exist_ok=True)
+MedViTForMaskedImageModeling.register_for_auto_class("AutoModelForMaskedImageModeling")
+# Set by train.py's --mae_mask_ratio / --mae_target for the pre-training stage, not model geometry.
+TRAINING_ONLY_FIELDS = {"mae_mask_ratio", "mae_norm_pix_loss"}
 
 
 def config_field_names(name: str) -> list[str]:
     """The geometry and regularisation fields a `name` model accepts as overrides."""
     config_class = MODEL_REGISTRY[name][0]
     inherited = {f.name for f in dataclasses.fields(PreTrainedConfig)}
-    return sorted({f.name for f in dataclasses.fields(config_class)} - inherited - {"num_channels"})
+    excluded = inherited | {"num_channels"} | TRAINING_ONLY_FIELDS
+    return sorted({f.name for f in dataclasses.fields(config_class)} - excluded)
 
 
 def model_family(config) -> str | None:
@@ -135,6 +149,7 @@ __all__ = [
     "MedCNNModel",
     "MedViTConfig",
     "MedViTForImageClassification",
+    "MedViTForMaskedImageModeling",
     "MedViTModel",
     "build_config",
     "build_image_processor",

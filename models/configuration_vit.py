@@ -76,6 +76,18 @@ class MedViTConfig(PreTrainedConfig):
             keeps it (evaluation then averages, as the model used to); false is dropped.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the truncated-normal initialisation of weights and embeddings.
+        mae_mask_ratio (`float`, defaults to 0.75):
+            [`MedViTForMaskedImageModeling`]: the fraction of patches hidden from the encoder in every image when no
+            `bool_masked_pos` is given (MAE: 0.75).
+        mae_norm_pix_loss (`bool`, defaults to `True`):
+            [`MedViTForMaskedImageModeling`]: reconstruct each hidden patch's pixels normalised by the patch's own
+            mean and standard deviation (MAE's `norm_pix_loss`: texture and edges), else the pixels as the model sees
+            them (brightness too).
+        mae_decoder_hidden_size (`int`, *optional*):
+            [`MedViTForMaskedImageModeling`]: width of the decoder; `hidden_size` when None.
+        mae_decoder_num_hidden_layers (`int`, defaults to 1):
+            [`MedViTForMaskedImageModeling`]: transformer blocks of the decoder (MAE: 8 at width 512 for ViT-L; one
+            suffices for a 64-wide model on small images).
     """
 
     model_type = "medmnist_vit"
@@ -100,6 +112,10 @@ class MedViTConfig(PreTrainedConfig):
     use_convolutional_tokenizer: bool = False
     convolutional_tokenizer_batch_norm: bool = False
     initializer_range: float = 0.02
+    mae_mask_ratio: float = 0.75
+    mae_norm_pix_loss: bool = True
+    mae_decoder_hidden_size: int | None = None
+    mae_decoder_num_hidden_layers: int = 1
 
     def __post_init__(self, **kwargs):
         self.head_hidden_sizes = list(self.head_hidden_sizes)
@@ -133,6 +149,8 @@ class MedViTConfig(PreTrainedConfig):
                 "convolutional_tokenizer_batch_norm=True needs the convolutional tokenizer: set "
                 "use_convolutional_tokenizer=True as well (or use the model `vit_conv_lsa`)."
             )
+        if not 0.0 < self.mae_mask_ratio < 1.0:
+            raise ValueError(f"mae_mask_ratio must lie in (0, 1) (MAE: 0.75), got {self.mae_mask_ratio}.")
         if self.pooling not in POOLING_CHOICES:
             raise ValueError(f"pooling={self.pooling!r} is unknown; allowed: {', '.join(POOLING_CHOICES)}.")
 

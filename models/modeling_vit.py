@@ -1,6 +1,7 @@
 """Vision Transformer for small images, with optional Shifted Patch Tokenization (SPT) and Locality Self-Attention
 (LSA) from Lee, Lee & Song (2021), "Vision Transformer for Small-Size Datasets"."""
 
+import copy
 import math
 
 import torch
@@ -11,7 +12,7 @@ from transformers import initialization as init
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
 from transformers.utils import can_return_tuple
 
 from .configuration_vit import MedViTConfig
@@ -24,6 +25,14 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     p = patch_size
     patches = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
     return patches.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, shape: torch.Size) -> torch.Tensor:
+    """The inverse of `patchify`: (B, N, p · p · C) -> (B, C, H, W) of `shape`."""
+    b, c, h, w = shape
+    p = patch_size
+    images = patches.reshape(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4)
+    return images.reshape(b, c, h, w)
 
 
 class PatchEmbedding(nn.Module):
@@ -401,6 +410,9 @@ class MedViTForImageClassification(MedViTPreTrainedModel):
     `return_dict=False`): `loss`, `logits`, and as the base model returns them `hidden_states` and `attentions`.
     """
 
+    # A saved `MedViTForMaskedImageModeling` holds the pre-trained encoder and MAE's decoder, which it does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^mask_token$", r"^decoder_"]
+
     def __init__(self, config: MedViTConfig):
         super().__init__(config)
         self.vit = MedViTModel(config, initialize=False)
@@ -425,6 +437,178 @@ class MedViTForImageClassification(MedViTPreTrainedModel):
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
 
 
+class MedViTForMaskedImageModeling(MedViTPreTrainedModel):
+    """
+    Masked-autoencoder pre-training of the ViT (He, Chen, Xie, Li, Dollár & Girshick 2022, "Masked Autoencoders Are
+    Scalable Vision Learners"): the base model `vit` ([`MedViTModel`], its pooling unused) as the encoder, plus MAE's
+    decoder. A saved model loads into [`MedViTForImageClassification`], which takes the encoder and initialises its
+    head anew: pre-train, then fine-tune.
+
+    The hidden patches' pixels are set to 0 (the data set's mean after normalisation) before tokenizing, so that the
+    tokenizer cannot see them: SPT's shifted copies would otherwise carry a hidden patch's edges into its neighbours'
+    tokens, and the convolutional tokenizer's 3×3 convolutions and max-pools its content (SimMIM's way of masking a
+    tokenizer that mixes pixels across patches). The encoder (tokenizer, position embeddings, transformer blocks,
+    final LayerNorm) runs on the visible tokens only; the decoder (a linear map, a mask token, its own position
+    embeddings, `config.mae_decoder_num_hidden_layers` plain-attention blocks without dropout, a LayerNorm, a linear
+    map to pixels) sees every position and predicts each patch's pixels, normalised per patch when
+    `config.mae_norm_pix_loss` (MAE's `norm_pix_loss`). The loss is their mean squared error over the hidden patches.
+
+    Takes `pixel_values` (B, C, H, W) and optionally `bool_masked_pos` (B, num_patches), True where a patch is hidden
+    (the same number in every image); without it a mask hiding `round(config.mae_mask_ratio · num_patches)` patches
+    of every image is drawn from the global RNG. Returns a `MaskedImageModelingOutput`: `loss`, `reconstruction`
+    (B, C, H, W) the decoder's prediction of every patch (in the target's space: per-patch normalised when
+    `config.mae_norm_pix_loss`), and as asked the encoder's `hidden_states` and `attentions` (visible tokens only).
+
+    Args:
+        config: the model's configuration.
+        vit: an existing base model to pre-train in place (e.g. a classifier's `vit`); a new one when None. Its
+            weights are kept as they are; only the decoder is initialised.
+    """
+
+    def __init__(self, config: MedViTConfig, vit: MedViTModel | None = None):
+        super().__init__(config)
+        self.vit = vit if vit is not None else MedViTModel(config, add_pooling_layer=False, initialize=False)
+        width = config.mae_decoder_hidden_size or config.hidden_size
+        # The decoder's blocks: plain attention as in MAE, no dropout, no stochastic depth.
+        decoder_config = copy.deepcopy(config)
+        decoder_config.hidden_size = width
+        decoder_config.use_locality_self_attention = False
+        decoder_config.hidden_dropout_prob = decoder_config.attention_probs_dropout_prob = 0.0
+        self.decoder_embed = nn.Linear(config.hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.decoder_position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches, width))
+        self.decoder_layers = nn.ModuleList(
+            [MedViTLayer(decoder_config, 0.0) for _ in range(config.mae_decoder_num_hidden_layers)])
+        self.decoder_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.decoder_prediction = nn.Linear(width, config.patch_size**2 * config.num_channels)
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`save_pretrained`, with an `auto_map` that also names the base model and the classifier (in the same code
+        file), so that `AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True)` fine-tunes the
+        pre-trained encoder anywhere."""
+        module = type(self).__module__.split(".")[-1]
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                "AutoModel": f"{module}.MedViTModel",
+                                "AutoModelForImageClassification": f"{module}.MedViTForImageClassification"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        """The encoder as the classifier initialises it; the decoder in one step, when the model itself is reached
+        (its mask token, position embeddings, then its linear maps and blocks), so that a given `vit` keeps its
+        weights and the decoder's draws do not depend on it."""
+        if module is self:
+            std = self.config.initializer_range
+            init.trunc_normal_(self.mask_token, mean=0.0, std=std)
+            init.trunc_normal_(self.decoder_position_embeddings, mean=0.0, std=std)
+            for part in [self.decoder_embed, self.decoder_prediction, *self.decoder_layers.modules()]:
+                super()._init_weights(part)
+        elif not any(module is part for part in self._decoder_modules()):
+            super()._init_weights(module)
+
+    def _decoder_modules(self):
+        for part in (self.decoder_embed, self.decoder_layers, self.decoder_norm, self.decoder_prediction):
+            yield from part.modules()
+
+    def random_masking(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """(B, N) bool, True where a patch is hidden: exactly round(mae_mask_ratio · N) per image, drawn from the
+        global RNG."""
+        num_patches = self.config.num_patches
+        num_masked = round(self.config.mae_mask_ratio * num_patches)
+        ranks = torch.rand(batch_size, num_patches, device=device).argsort(dim=1)
+        return ranks < num_masked
+
+    def reconstruction_target(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, N, p·p·C) float32: what the decoder predicts, each patch's pixels (normalised per patch when
+        `config.mae_norm_pix_loss`)."""
+        target = patchify(pixel_values.float(), self.config.patch_size)
+        if self.config.mae_norm_pix_loss:
+            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        return target
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MaskedImageModelingOutput:
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        embeddings = self.vit.embeddings
+        pixel_values = prepare_pixel_values(pixel_values.to(embeddings.weight_dtype), self.config)
+        p, num_patches = self.config.patch_size, self.config.num_patches
+        batch, _, height, width = pixel_values.shape
+        if bool_masked_pos is None:
+            bool_masked_pos = self.random_masking(batch, pixel_values.device)
+        masked = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool)  # (B, N)
+        num_visible = num_patches - int(masked[0].sum())
+        if masked.shape != (batch, num_patches) or bool((masked.sum(dim=1) != num_patches - num_visible).any()):
+            raise ValueError(f"bool_masked_pos must be (batch, {num_patches}) with the same number of hidden patches "
+                             f"in every image; got shape {tuple(masked.shape)}, hidden counts "
+                             f"{masked.sum(dim=1).tolist()}.")
+        grid = masked.view(batch, 1, height // p, width // p).float()
+        pixel_mask = F.interpolate(grid, scale_factor=p, mode="nearest").bool()  # (B, 1, H, W)
+        hidden_pixels = pixel_values.masked_fill(pixel_mask, 0.0)
+
+        # The encoder, on the visible tokens (in ascending grid order) and the CLS token if the model has one.
+        first_grid_token = 1 if embeddings.cls_token is not None else 0
+        tokens = embeddings.tokenizer(hidden_pixels) + embeddings.position_embeddings[:, first_grid_token:]
+        visible_index = (~masked).nonzero()[:, 1].view(batch, num_visible)
+        tokens = tokens.gather(1, visible_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        if embeddings.cls_token is not None:
+            cls = embeddings.cls_token + embeddings.position_embeddings[:, :1]
+            tokens = torch.cat([cls.expand(batch, -1, -1).to(tokens.dtype), tokens], dim=1)
+        tokens = embeddings.dropout(tokens)
+        all_hidden_states = (tokens,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.vit.layers:
+            tokens, attentions = layer(tokens, output_attentions=output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (tokens,)
+            if output_attentions:
+                all_attentions += (attentions,)
+        tokens = self.vit.layernorm(tokens)[:, first_grid_token:]
+
+        # The decoder: visible tokens back in place, the mask token everywhere else.
+        decoded = self.mask_token.to(tokens.dtype).expand(batch, num_patches, -1).clone()
+        decoded = decoded.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, decoded.shape[-1]),
+                                  self.decoder_embed(tokens).to(decoded.dtype))
+        decoded = decoded + self.decoder_position_embeddings
+        for layer in self.decoder_layers:
+            decoded, _ = layer(decoded)
+        prediction = self.decoder_prediction(self.decoder_norm(decoded)).float()  # (B, N, p·p·C)
+
+        per_patch = (prediction - self.reconstruction_target(pixel_values)).pow(2).mean(dim=-1)
+        loss = (per_patch * masked).sum() / masked.sum()
+        return MaskedImageModelingOutput(loss=loss, reconstruction=unpatchify(prediction, p, pixel_values.shape),
+                                         hidden_states=all_hidden_states, attentions=all_attentions)
+
+    @torch.no_grad()
+    def reconstruct(self, pixel_values: torch.Tensor,
+                    bool_masked_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the images with their hidden patches blanked, the images with the hidden patches as predicted), both
+        (B, C, H, W) in the model's input space, to look at: a normalised prediction is put back on each patch's true
+        mean and standard deviation (as in MAE's figures), so what it shows is the predicted texture."""
+        p = self.config.patch_size
+        if bool_masked_pos is None:
+            bool_masked_pos = self.random_masking(pixel_values.shape[0], pixel_values.device)
+        prediction = patchify(self(pixel_values, bool_masked_pos=bool_masked_pos).reconstruction, p)
+        patches = patchify(pixel_values.float(), p)
+        if self.config.mae_norm_pix_loss:
+            prediction = (prediction * (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+                          + patches.mean(dim=-1, keepdim=True))
+        hidden = bool_masked_pos.unsqueeze(-1)
+        blanked = unpatchify(patches.masked_fill(hidden, 0.0), p, pixel_values.shape)
+        filled = unpatchify(torch.where(hidden, prediction, patches), p, pixel_values.shape)
+        return blanked, filled
+
+
+
 # Checkpoints saved before the base model existed hold the classifier's modules at the top level: `embeddings.*`,
 # `layers.*`, `head.norm.*` (the final LayerNorm) and `head.attention_pool.*`. `from_pretrained` renames their keys.
 register_checkpoint_conversion_mapping("MedViTForImageClassification", [
@@ -439,4 +623,11 @@ register_checkpoint_conversion_mapping("MedViTModel", [
 ], overwrite=True)
 
 
-__all__ = ["MedViTForImageClassification", "MedViTModel", "MedViTPreTrainedModel"]
+__all__ = [
+    "MedViTForImageClassification",
+    "MedViTForMaskedImageModeling",
+    "MedViTModel",
+    "MedViTPreTrainedModel",
+    "patchify",
+    "unpatchify",
+]

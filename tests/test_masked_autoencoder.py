@@ -1,4 +1,5 @@
-"""MAE pre-training (training/masked_autoencoder.py, train.py --mae_epochs)."""
+"""MAE pre-training (models.MedViTForMaskedImageModeling, training/methods/masked_autoencoder.py,
+train.py --mae_epochs)."""
 
 import json
 import shutil
@@ -9,8 +10,8 @@ from safetensors.torch import load_file
 
 import models
 from tiny_runs import TINY_VIT, train_tiny_vit
-from models.modeling_vit import patchify
-from training.methods.masked_autoencoder import MaskedAutoencoder, unpatchify
+from models.modeling_vit import MedViTForMaskedImageModeling, patchify, unpatchify
+from training.methods.masked_autoencoder import check_config, masked_image_model
 
 
 def tiny_vit(model="vit_lsa", pooling="mean", **overrides):
@@ -22,9 +23,9 @@ def tiny_vit(model="vit_lsa", pooling="mean", **overrides):
 def encoder_tokens(autoencoder, pixels, seed):
     """The encoder's output (after its final LayerNorm) in one forward pass with the mask drawn from `seed`."""
     captured = []
-    hook = autoencoder.final_norm.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    hook = autoencoder.vit.layernorm.register_forward_hook(lambda module, inputs, output: captured.append(output))
     torch.manual_seed(seed)
-    loss = autoencoder(pixels)
+    loss = autoencoder(pixels).loss
     hook.remove()
     return captured[0], loss
 
@@ -33,7 +34,7 @@ def encoder_tokens(autoencoder, pixels, seed):
     ("vit_lsa", "mean", {}), ("vit_lsa", "cls", {}), ("vit", "mean", {}), ("vit_conv_lsa", "mean", {}),
     ("vit_conv_lsa", "mean", {"convolutional_tokenizer_batch_norm": True})])
 def test_masked_patches_never_reach_the_encoder(model, pooling, overrides):
-    autoencoder = MaskedAutoencoder(tiny_vit(model, pooling, **overrides), mask_ratio=0.5).eval()
+    autoencoder = masked_image_model(tiny_vit(model, pooling, **overrides), mask_ratio=0.5).eval()
     pixels = torch.randn(2, 1, 16, 16)
     torch.manual_seed(0)
     masked = autoencoder.random_masking(2, pixels.device)  # the mask the forward passes below draw
@@ -62,7 +63,7 @@ def test_masked_patches_never_reach_the_encoder(model, pooling, overrides):
 def test_the_reconstruction_loss_falls_and_only_the_encoder_stays_in_the_classifier():
     torch.manual_seed(0)
     classifier = tiny_vit()
-    autoencoder = MaskedAutoencoder(classifier, mask_ratio=0.75)
+    autoencoder = masked_image_model(classifier, mask_ratio=0.75)
     # Images with structure to learn: smooth gradients in random directions.
     ramp = torch.linspace(-1, 1, 16)
     directions = torch.randn(32, 2, 1, 1)
@@ -71,7 +72,7 @@ def test_the_reconstruction_loss_falls_and_only_the_encoder_stays_in_the_classif
     before = {k: v.clone() for k, v in classifier.state_dict().items()}
     losses = []
     for _ in range(60):
-        loss = autoencoder(pixels)
+        loss = autoencoder(pixels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -84,6 +85,55 @@ def test_the_reconstruction_loss_falls_and_only_the_encoder_stays_in_the_classif
     torch.testing.assert_close(after["head.classifier.weight"], before["head.classifier.weight"])  # no labels used
 
 
+def tiny_masked_image_model(mask_ratio: float):
+    config = models.MedViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2,
+                                 attention_head_dim=8, intermediate_size=32, pooling="mean",
+                                 use_shifted_patch_tokenization=True, use_locality_self_attention=True,
+                                 mae_mask_ratio=mask_ratio)
+    return MedViTForMaskedImageModeling(config).eval()
+
+
+def test_masked_image_modeling_with_a_given_mask_and_with_a_drawn_one():
+    torch.manual_seed(0)
+    model = tiny_masked_image_model(mask_ratio=0.25)
+    pixels = torch.randn(2, 1, 16, 16)
+    given = torch.zeros(2, 16, dtype=torch.bool)
+    given[0, [0, 5, 9]] = given[1, [2, 3, 15]] = True
+    output = model(pixels, bool_masked_pos=given, output_hidden_states=True)
+    assert output.reconstruction.shape == pixels.shape and torch.isfinite(output.loss)
+    assert output.hidden_states[-1].shape == (2, 13, 16)  # the encoder saw the 13 visible patches only
+    # The loss: the mean squared error over the given hidden patches, of the per-patch normalised target.
+    error = (patchify(output.reconstruction, 4) - model.reconstruction_target(pixels)).pow(2).mean(dim=-1)
+    torch.testing.assert_close(output.loss, error[given].mean())
+    # Without a mask one is drawn with config.mae_mask_ratio (4 of the 16 patches) from the global RNG.
+    torch.manual_seed(1)
+    drawn = model(pixels, output_hidden_states=True)
+    assert drawn.hidden_states[-1].shape == (2, 12, 16) and torch.isfinite(drawn.loss)
+    torch.manual_seed(1)
+    torch.testing.assert_close(drawn.loss, model(pixels, bool_masked_pos=model.random_masking(2, "cpu")).loss)
+    uneven = given.clone()
+    uneven[0, 1] = True
+    with pytest.raises(ValueError, match="same number of hidden patches"):
+        model(pixels, bool_masked_pos=uneven)
+
+
+def test_pre_training_keeps_the_classifier_and_the_parameter_order_of_the_first_mae_implementation():
+    """What keeps the pre-training losses of earlier runs: building the model around a classifier changes none of the
+    classifier's weights, and the parameters come in the order the optimizer and the gradient clipping saw them."""
+    torch.manual_seed(0)
+    classifier = tiny_vit()
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    autoencoder = masked_image_model(classifier)
+    assert autoencoder.vit is classifier.vit
+    assert all(torch.equal(v, before[k]) for k, v in classifier.state_dict().items())
+    names = [name for name, _ in autoencoder.named_parameters()]
+    vit = [name for name in names if name.startswith("vit.")]
+    assert names[:2] == ["mask_token", "decoder_position_embeddings"]
+    assert names[2:2 + len(vit)] == vit == ["vit." + name for name, _ in classifier.vit.named_parameters()]
+    assert [name.split(".")[0] for name in names[2 + len(vit):]] == (
+        ["decoder_embed"] * 2 + ["decoder_layers"] * 12 + ["decoder_norm"] * 2 + ["decoder_prediction"] * 2)
+
+
 def test_unpatchify_inverts_patchify():
     images = torch.randn(2, 3, 8, 8)
     assert torch.equal(unpatchify(patchify(images, 2), 2, images.shape), images)
@@ -92,12 +142,13 @@ def test_unpatchify_inverts_patchify():
 @pytest.mark.parametrize("normalize_target", [True, False])
 def test_reconstruct_keeps_the_visible_patches_and_shows_the_predicted_hidden_ones(normalize_target):
     torch.manual_seed(0)
-    autoencoder = MaskedAutoencoder(tiny_vit(), mask_ratio=0.75, normalize_target=normalize_target).eval()
+    autoencoder = masked_image_model(tiny_vit(), mask_ratio=0.75, normalize_target=normalize_target).eval()
     pixels = torch.randn(3, 1, 16, 16)
     torch.manual_seed(1)
     blanked, filled = autoencoder.reconstruct(pixels)
     torch.manual_seed(1)  # the same mask again
-    prediction, _, masked = autoencoder.predict(pixels)
+    masked = autoencoder.random_masking(3, pixels.device)
+    prediction = patchify(autoencoder(pixels, bool_masked_pos=masked).reconstruction, 4)
     assert masked.sum(dim=1).tolist() == [12, 12, 12]  # 0.75 of the 4 × 4 patches
     hidden = torch.nn.functional.interpolate(masked.view(3, 1, 4, 4).float(), scale_factor=4).bool()
     assert torch.equal(blanked[~hidden], pixels[~hidden]) and bool((blanked[hidden] == 0).all())
@@ -113,9 +164,9 @@ def test_models_without_a_pooling_vit_are_refused(model, message):
     built = models.build_model(model, 1, 2, image_size=16,
                                **({} if model == "cnn" else {"patch_size": 4, "pooling": "flatten"}))
     with pytest.raises(ValueError, match=message):
-        MaskedAutoencoder.check_config(built.config, 0.75)
+        check_config(built.config, 0.75)
     with pytest.raises(ValueError, match="must lie in"):
-        MaskedAutoencoder.check_config(tiny_vit().config, 1.0)
+        check_config(tiny_vit().config, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +202,29 @@ def test_train_py_pretrains_then_trains_and_saves_the_plain_classifier(mae_run, 
         if "pretrain/mae_reconstructions" in accumulator.Tags()["images"]:
             pictures += accumulator.Images("pretrain/mae_reconstructions")
     assert [(p.step, p.height, p.width) for p in pictures] == [(3, 3 * 30 + 2, 8 * 30 + 2)]
+
+
+def test_the_mae_folder_loads_as_a_masked_image_model_and_as_a_classifier_with_a_new_head(mae_run):
+    from transformers import AutoModelForImageClassification, AutoModelForMaskedImageModeling
+
+    from models.integrity import verify_manifest
+
+    folder = mae_run / "mae"
+    verify_manifest(folder)
+    assert (folder / "preprocessor_config.json").is_file()
+    saved = load_file(folder / "model.safetensors")
+    pretrained = AutoModelForMaskedImageModeling.from_pretrained(folder)
+    assert isinstance(pretrained, MedViTForMaskedImageModeling)
+    assert all(torch.equal(v, pretrained.state_dict()[k]) for k, v in saved.items())
+    classifier, loading = AutoModelForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert isinstance(classifier, models.MedViTForImageClassification)
+    encoder = {k: v for k, v in saved.items() if k.startswith("vit.")}
+    assert encoder and all(torch.equal(v, classifier.state_dict()[k]) for k, v in encoder.items())
+    assert loading["missing_keys"] == {"head.classifier.weight", "head.classifier.bias"}  # newly initialised
+    # The supervised stage went on from this encoder: its tokenizer moved on from there, its head is another one.
+    trained = load_file(mae_run / "last" / "model.safetensors")
+    key = "vit.embeddings.tokenizer.projection.weight"
+    assert not torch.equal(trained[key], saved[key])
 
 
 def test_a_run_stopped_during_pre_training_resumes_it_and_ends_like_the_straight_run(mae_run, data_dir, tmp_path):
@@ -227,12 +301,12 @@ def test_the_pixel_target_sees_brightness_and_the_normalised_one_does_not():
     classifier = tiny_vit()
     pixels = torch.randn(2, 1, 16, 16)
     torch.manual_seed(1)
-    masked = MaskedAutoencoder(classifier, mask_ratio=0.5).random_masking(2, pixels.device)
+    masked = masked_image_model(classifier, mask_ratio=0.5).random_masking(2, pixels.device)
     row, column = divmod(int(masked[0].nonzero()[0]), 4)
     brighter = pixels.clone()
     brighter[0, :, 4 * row:4 * row + 4, 4 * column:4 * column + 4] += 2.0  # a hidden patch, brighter throughout
     for normalize_target, changes in ((True, False), (False, True)):
-        autoencoder = MaskedAutoencoder(classifier, mask_ratio=0.5, normalize_target=normalize_target).eval()
+        autoencoder = masked_image_model(classifier, mask_ratio=0.5, normalize_target=normalize_target).eval()
         _, loss = encoder_tokens(autoencoder, pixels, seed=1)
         _, loss_brighter = encoder_tokens(autoencoder, brighter, seed=1)
         assert bool(not torch.isclose(loss, loss_brighter)) == changes, (normalize_target, loss, loss_brighter)

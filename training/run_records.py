@@ -118,8 +118,8 @@ def _write_record(path: Path, text: str) -> Path:
 
 # What train.py writes into a run folder (and evaluate.py beside a run's models): all that --overwrite_output_dir
 # may remove. A folder holding anything else is not a run folder and is never emptied.
-RUN_FOLDER_ENTRIES = (RUN_CONFIG, ALL_RESULTS, "best", "last", "checkpoints", "runs", "validation_predictions",
-                      ".hub_staging", ".tmp-*", "*-eval-*")
+RUN_FOLDER_ENTRIES = (RUN_CONFIG, ALL_RESULTS, "best", "last", "mae", "checkpoints", "runs",
+                      "validation_predictions", ".hub_staging", ".tmp-*", "*-eval-*")
 # Arguments that do not change what a run computes: a resumed run may differ from its recorded one in these only.
 OUTCOME_NEUTRAL = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "data_dir", "report_to",
                    "logging_steps", "checkpointing_steps", "checkpoints_total_limit", "save_validation_predictions",
