@@ -39,6 +39,7 @@ def test_train_py_under_accelerate_launch_uses_every_physical_core(data_dir, tmp
     assert hardware["cpu_threads"] == physical_cores()
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 @pytest.mark.parametrize("launch_args, env, expected", [
     ([], {"OMP_NUM_THREADS": "1"}, "1|as set for accelerate launch|1"),
     (["--num_cpu_threads_per_process", "1"], {}, "1|as set for accelerate launch|1"),

@@ -160,6 +160,7 @@ def test_script_records_each_fold_and_the_mean_over_folds(cross_validation):
     assert (log_path.with_suffix(".png")).stat().st_size > 10_000
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_script_skips_finished_folds_and_replaces_a_setting_in_place(cross_validation, capsys):
     root, log_path, common = cross_validation
     before = (root / "runs" / "plain" / "fold0" / "all_results.json").stat().st_mtime_ns
@@ -292,6 +293,7 @@ def test_distilled_folds_learn_from_their_own_folds_teacher_and_no_other(cross_v
         assert not output_dir.exists()
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_repeated_cross_validation_pairs_only_folds_of_the_same_partition(cross_validation, other_partition, tmp_path,
                                                                           capsys):
     root, log_path, common = cross_validation

@@ -97,6 +97,7 @@ def train_and_load(data_dir, output_dir, *extra):
     return load_file(run / "last" / "model.safetensors"), json.loads((run / "all_results.json").read_text())
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_the_teachers_predictions_enter_the_loss_with_weight_alpha(tmp_path, data_dir, info):
     teacher = str(save_teacher(tmp_path / "teacher", 2, info.label_names, seed=1))
     plain, _ = train_and_load(data_dir, tmp_path / "plain")
@@ -111,6 +112,7 @@ def test_the_teachers_predictions_enter_the_loss_with_weight_alpha(tmp_path, dat
     assert f"Distilled from the teacher `{teacher}`" in model_card(results)
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_several_teachers_teach_as_one_and_are_all_recorded(tmp_path, data_dir, info):
     first = str(save_teacher(tmp_path / "first", 2, info.label_names, seed=1))
     second = str(save_teacher(tmp_path / "second", 2, info.label_names, seed=2))

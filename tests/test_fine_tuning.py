@@ -139,6 +139,7 @@ def test_arguments_that_contradict_the_checkpoint_are_refused(transformers_vit, 
     assert not output_dir.exists()
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_fine_tuning_a_transformers_vit(transformers_vit, data_dir, tmp_path):
     output_dir = tmp_path / "vit"
     python_train(*train_args(data_dir, output_dir, "--model_name_or_path", str(transformers_vit), *FAST))

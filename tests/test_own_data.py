@@ -169,6 +169,7 @@ def test_train_py_refuses_bad_data_before_writing_anything(image_folder, tmp_pat
 # --- end to end ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 @pytest.mark.parametrize("model", ["cnn", "vit_lsa"])
 def test_train_evaluate_and_pipeline_on_an_image_folder(model, tmp_path):
     folder = write_image_folder(tmp_path / "scans", per_class=30, splits=("train", "test"))
@@ -200,6 +201,7 @@ def test_train_evaluate_and_pipeline_on_an_image_folder(model, tmp_path):
     assert printed.stdout.strip().splitlines()[-1] in CLASSES
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_a_folder_without_test_split_trains_and_says_so(image_folder, tmp_path):
     result = run("train.py", "--model", "cnn", "--dataset", str(image_folder), "--image_size", "16",
                  "--num_train_epochs", "1", "--output_dir", str(tmp_path / "run"), "--report_to", "none")
@@ -242,3 +244,24 @@ def test_readme_own_data_example_runs_verbatim_in_a_fresh_copy(fresh_copy, tmp_p
                                 capture_output=True, text=True, timeout=300)
     assert classified.returncode == 0, classified.stderr[-4000:]
     assert "'label': 'malignant'" in classified.stdout or "'label': 'normal, benign'" in classified.stdout
+
+
+def test_a_save_to_disk_folder_with_a_validation_split_cut_from_train(tmp_path):
+    """train.py on a `save_to_disk` folder with only a train split: `--train_val_split` cuts validation (fixed by the
+    seed), and evaluate.py with the same seed scores the same validation images as the run did."""
+    folder = write_image_folder(tmp_path / "images", per_class=30)
+    files = sorted(folder.rglob("*.png"))
+    table = datasets.Dataset.from_dict({"image": [str(f) for f in files], "label": [f.parent.name for f in files]})
+    datasets.DatasetDict(train=table.cast_column("image", datasets.Image())).save_to_disk(str(tmp_path / "saved"))
+    output_dir = tmp_path / "run"
+    run("train.py", "--model", "cnn", "--dataset", str(tmp_path / "saved"), "--image_size", "32", "--train_val_split",
+        "0.25", "--seed", "7", "--num_train_epochs", "4", "--per_device_train_batch_size", "16", "--selection_metric",
+        "last", "--output_dir", str(output_dir), "--report_to", "none")
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["test_metrics"] is None and results["config"]["train_val_split"] == 0.25
+    run("evaluate.py", "--model_name_or_path", str(output_dir / "best"), "--dataset", str(tmp_path / "saved"),
+        "--train_val_split", "0.25", "--seed", "7", "--split", "validation", "--output_dir", str(tmp_path / "eval"))
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert record["dataset"]["num_samples"] == 15  # a quarter of 60
+    assert record["metrics"]["auc"] == pytest.approx(results["validation_metrics"]["auc"])
+    assert record["metrics"]["acc"] == pytest.approx(results["validation_metrics"]["acc"])

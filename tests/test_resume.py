@@ -132,6 +132,7 @@ def test_a_run_folder_belongs_to_one_run(data_dir, tmp_path, capsys):
 EARLIER_LAYOUT = (("cnn.features.", "features."),)  # the CNN's keys before it had a base model
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_a_checkpoint_of_the_earlier_module_layout_resumes_like_the_straight_run(data_dir, tmp_path):
     """A checkpoint whose weights carry the keys of the layout before the base models (`features.*` instead of
     `cnn.features.*`) resumes: accelerate's load_state and the best weights get the same renamings as

@@ -39,13 +39,14 @@ def test_quick_mode_runs_both_pipelines_and_reports(benchmark, tmp_path, monkeyp
     printed = capsys.readouterr().out
     assert "ours / anchor" in printed and "img/s best" in printed
 
-def reference_attention_forward(self, hidden_states):
+def reference_attention_forward(self, hidden_states, output_attentions=False):
     """The attention as plain fp32 ops: the written-out softmax of `attention_probabilities`, then the values."""
     probs = self.attention_probabilities(hidden_states.float())
     _, _, v = self._queries_keys_values(hidden_states.float())
     context = probs @ v
     b, _, n, _ = context.shape
-    return self.output_dropout(self.output(context.transpose(1, 2).reshape(b, n, -1)))
+    return self.output_dropout(self.output(context.transpose(1, 2).reshape(b, n, -1))), (
+        probs if output_attentions else None)
 
 @pytest.mark.parametrize("name", ["vit_lsa", "vit"])
 def test_fused_bf16_logits_match_the_written_out_fp32_reference(name, monkeypatch):

@@ -188,6 +188,7 @@ def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
     assert hparams_dashboard(output_dir / "runs") == {output_dir.name: pytest.approx(expected, rel=1e-6)}
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_every_epoch_logs_its_training_loss_however_few_updates_it_has(data_dir, tmp_path):
     output_dir = tmp_path / "sparse"
     python_train(*train_args(data_dir, output_dir, "--model", "cnn", "--num_train_epochs", "2",
@@ -241,7 +242,8 @@ def odd_data_dir(tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("model", TWO_PROCESS_MODELS)
+# The CNN's synchronised BatchNorm is also tested by tests/test_batch_norm.py (default suite).
+@pytest.mark.parametrize("model", ["vit", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_two_processes_match_one_process_with_augmentation_and_a_short_last_batch(model, odd_data_dir, tmp_path):
     """Same global batches (95 images: 40 + 40 + 15, the last one cut 8 + 7 and each part's loss weighted by its
     share), identically augmented images: 1 and 2 processes agree up to the order of float sums."""
@@ -264,6 +266,7 @@ def test_two_processes_match_one_process_with_augmentation_and_a_short_last_batc
         assert torch.allclose(tensor.float(), weights[1][name].float(), atol=1e-4), name
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_each_process_draws_its_own_dropout_masks(data_dir, tmp_path):
     """Dropout and stochastic depth come from each process's own random stream (seed + process index): the saved
     random states of the two processes differ, and a rerun saves the same ones."""
@@ -283,6 +286,7 @@ def test_each_process_draws_its_own_dropout_masks(data_dir, tmp_path):
         assert torch.equal(states[0][rank]["torch_manual_seed"], states[1][rank]["torch_manual_seed"])
 
 
+@pytest.mark.slow  # minutes of real runs; `python -m pytest -m slow`
 def test_two_machines_on_localhost_train_together(data_dir, tmp_path):
     port = str(free_port())
     common = ("--model", "cnn", "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none")
