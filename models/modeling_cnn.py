@@ -8,6 +8,7 @@ from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutput
 from transformers.utils import can_return_tuple
 
+from .base_model_layout import BaseModelLayoutMixin
 from .configuration_cnn import MedCNNConfig
 from .input_checks import prepare_pixel_values
 
@@ -20,7 +21,7 @@ def conv_bn_relu(in_channels: int, out_channels: int, padding: int) -> nn.Sequen
     )
 
 
-class MedCNNPreTrainedModel(PreTrainedModel):
+class MedCNNPreTrainedModel(BaseModelLayoutMixin, PreTrainedModel):
     """Weight initialisation and the transformers capabilities shared by the CNN models."""
 
     config: MedCNNConfig
@@ -28,22 +29,6 @@ class MedCNNPreTrainedModel(PreTrainedModel):
     base_model_prefix = "cnn"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    # Set while a task model builds its base model: the task model's `post_init` then initialises both in one pass.
-    _defer_weight_initialization = False
-
-    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with the weights under the modules' own names (`cnn.*`, as in
-        `state_dict()`) by default: the renamings registered below for checkpoints of the flat layout apply when
-        loading; reversed on saving they would not give that layout back."""
-        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
-
-    def init_weights(self):
-        """Initialise the weights, unless a task model is building this base model and will initialise it.
-
-        One pass over the whole model draws the random numbers in the order of the modules, as a single flat model
-        would; the base model initialising itself first would change every draw of the head's."""
-        if not self._defer_weight_initialization:
-            super().init_weights()
 
 
 class MedCNNModel(MedCNNPreTrainedModel):

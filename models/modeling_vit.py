@@ -15,6 +15,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, MaskedImageModelingOutput
 from transformers.utils import can_return_tuple
 
+from .base_model_layout import BaseModelLayoutMixin
 from .configuration_vit import MedViTConfig
 from .input_checks import prepare_pixel_values
 
@@ -285,7 +286,7 @@ class MedViTHead(nn.Module):
         return self.classifier(self.mlp(pooled_output))
 
 
-class MedViTPreTrainedModel(PreTrainedModel):
+class MedViTPreTrainedModel(BaseModelLayoutMixin, PreTrainedModel):
     """Weight initialisation and the transformers capabilities shared by the ViT models."""
 
     config: MedViTConfig
@@ -302,22 +303,6 @@ class MedViTPreTrainedModel(PreTrainedModel):
     # `MedViTSelfAttention` reads `config._attn_implementation` at every call, so `set_attn_implementation` takes effect
     # at once (transformers otherwise guesses this from the module's source).
     _can_set_attn_implementation_cached_value = True
-    # Set while a task model builds its base model: the task model's `post_init` then initialises both in one pass.
-    _defer_weight_initialization = False
-
-    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with the weights under the modules' own names (`vit.*`, as in
-        `state_dict()`) by default: the renamings registered below for checkpoints of the flat layout apply when
-        loading; reversed on saving they would not give that layout back."""
-        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
-
-    def init_weights(self):
-        """Initialise the weights, unless a task model is building this base model and will initialise it.
-
-        One pass over the whole model draws the random numbers in the order of the modules, as a single flat model
-        would; the base model initialising itself first would change every draw of the head's."""
-        if not self._defer_weight_initialization:
-            super().init_weights()
 
     def _init_weights(self, module):
         std = self.config.initializer_range
