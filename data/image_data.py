@@ -22,6 +22,7 @@ are `ImageDataError`s that name the file or class and say what to do.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from pathlib import Path
 
@@ -155,7 +156,8 @@ def _load(dataset, train_dir, validation_dir, test_dir) -> tuple[datasets.Datase
         what = train_dir or dataset
         raise ImageDataError(f"Cannot load the data set {what!r}: {type(error).__name__}: "
                              f"{str(error).splitlines()[0][:300]}. A local folder needs <class>/<image> (or "
-                             "<split>/<class>/<image>) files; a name needs the Hub (online) or a cached copy.") from None
+                             "<split>/<class>/<image>) files; a name needs the Hub (online) or a cached copy."
+                             ) from None
 
 
 def _check_folder(folder: Path) -> None:
@@ -258,8 +260,6 @@ def _open(record: dict) -> PIL.Image.Image:
     source = record.get("path") or "<embedded image>"
     try:
         if record.get("bytes") is not None:
-            import io
-
             return PIL.Image.open(io.BytesIO(record["bytes"]))
         return PIL.Image.open(record["path"])
     except (OSError, ValueError, PIL.UnidentifiedImageError) as error:

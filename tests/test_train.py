@@ -120,7 +120,7 @@ def read_log_folder(log_dir):
 
 
 def hparams_dashboard(logdir) -> dict:
-    """What TensorBoard's HParams dashboard shows for the runs under `logdir`: {session: {metric: value}}, through the
+    """What TensorBoard's HParams dashboard shows for the runs under `logdir`: {run name: {metric: value}}, through the
     plugin's own backend."""
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
@@ -170,7 +170,7 @@ def test_tensorboard_scalars_images_and_hparams_read_back(short_run):
 
     # The hyperparameters, in the run's own log folder, are linked to the run's final metrics: all_results.json's.
     results = read_results(output_dir)
-    assert {path.parent for path in event_files} == {output_dir / "runs" / output_dir.name}  # no other session
+    assert {path.parent for path in event_files} == {output_dir / "runs" / output_dir.name}  # no other HParams record
     hparams = log.PluginTagToContent("hparams")
     experiment = hparams_metadata.parse_experiment_plugin_data(hparams[hparams_metadata.EXPERIMENT_TAG])
     assert [metric.name.tag for metric in experiment.metric_infos] == list(HPARAM_METRICS)

@@ -65,8 +65,8 @@ def choose_cpu_threads(local_processes: int) -> tuple[int, str]:
     environment, command = parent
     if "OMP_NUM_THREADS" in environment or any(w.startswith("--num_cpu_threads_per_process") for w in command):
         return torch.get_num_threads(), "as set for accelerate launch"
-    return max(1, physical_cores() // max(1, local_processes)), (
-        f"{physical_cores()} physical cores shared by {local_processes} process(es)")
+    cores = physical_cores()
+    return max(1, cores // max(1, local_processes)), f"{cores} physical cores shared by {local_processes} process(es)"
 
 
 def configure_cpu_threads(accelerator) -> tuple[int, str]:

@@ -1,11 +1,11 @@
-"""What train.py writes to TensorBoard besides accelerate's scalars: the run's hyperparameters as an HParams session
+"""What train.py writes to TensorBoard besides accelerate's scalars: the run's hyperparameters as an HParams record
 linked to the metrics the run ends with, so that TensorBoard's HParams dashboard compares runs.
 
     hparams = hparam_values(config)              # the arguments as scalars (lists and mappings as JSON text)
     start_hparams_session(writer, hparams)       # when the run starts: its hyperparameters and its metrics' names
     end_hparams_session(writer, results, step)   # at the end: the metrics' values, as all_results.json has them
 
-The session is written into the run's own log folder (`SummaryWriter.add_hparams` would make a sub-folder for it), so
+The record is written into the run's own log folder (`SummaryWriter.add_hparams` would make a sub-folder for it), so
 the dashboard lists it under the run's name, beside its scalars.
 """
 
@@ -45,7 +45,7 @@ def final_metrics(results: dict) -> dict:
 
 
 def end_hparams_session(writer, results: dict, step: int) -> dict:
-    """Write the run's final metrics as the session's values and close the session; returns the metrics written."""
+    """Write the run's final metrics as the record's values and mark it finished; returns the metrics written."""
     metrics = final_metrics(results)
     for tag, value in metrics.items():
         writer.add_scalar(tag, value, step)
