@@ -36,7 +36,7 @@ from training.arguments import augmentation_config, parse_arguments, public_conf
 from training.batch_norm import synchronize_batch_norm
 from training.hardware import configure_cpu_threads, cpu_has_fast_bf16, hardware_description
 from training.hub import HubPushError, open_hub_pusher, redact_argv
-from training.optimization import build_optimizer, build_scheduler
+from training.optimization import build_optimizer, build_scheduler, fused_optimizer_pays
 from training.run_records import check_output_dir, clear_run_folder, write_run_config
 from training.tracking import hparam_values, start_hparams_session
 from training.trainer import NonFiniteLossError, Run, Trainer, resolve_resume
@@ -285,7 +285,8 @@ def main(argv=None, methods=None):
           for split in (run.validation_split, run.test_split)))
     updates_per_epoch = -(-len(train_loader) // args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    optimizer = build_optimizer(args, model, *method_list.trainable_modules())
+    optimizer = build_optimizer(args, model, *method_list.trainable_modules(),
+                                fused=fused_optimizer_pays(accelerator))
     scheduler = build_scheduler(args.lr_scheduler_type, optimizer, round(args.warmup_epochs * updates_per_epoch),
                                 max_train_steps, accelerator.num_processes)
     run.model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

@@ -31,7 +31,7 @@ import data
 from models.modeling_vit import MedViTForImageClassification, MedViTForMaskedImageModeling
 
 from ..checkpointing import MAE_SCHEDULER, read_trainer_state, save_mae_checkpoint
-from ..optimization import build_optimizer, build_scheduler
+from ..optimization import build_optimizer, build_scheduler, fused_optimizer_pays
 from .base import TrainingMethod
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class MaskedAutoencoderPretraining(TrainingMethod):
             parameter.requires_grad_(False)
         loader = data.training_loader(len(run.train_split), args.per_device_train_batch_size, seed=args.seed + 1,
                                       num_processes=accelerator.num_processes)
-        optimizer = build_optimizer(args, autoencoder)
+        optimizer = build_optimizer(args, autoencoder, fused=fused_optimizer_pays(accelerator))
         autoencoder, optimizer, loader = accelerator.prepare(autoencoder, optimizer, loader)
         steps = self.epochs * len(loader)
         scheduler = build_scheduler("cosine", optimizer, round(0.1 * steps), steps)
