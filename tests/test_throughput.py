@@ -121,6 +121,10 @@ def test_quick_run_at_each_geometry(quick_record):
 
 def test_table_renders_a_quick_runs_record(quick_record, table_script, tmp_path, capsys):
     geometry, record, _ = quick_record
+    record = json.loads(json.dumps(record))
+    for row in record["results"]:  # one run each: make the medians differ from the best runs
+        if row["pipeline"].startswith("ours"):
+            row["images_per_second_median"] = row["images_per_second_best"] / 2
     path = tmp_path / "throughput.json"
     path.write_text(json.dumps(record))
     assert table_script.main([str(path)]) == 0
