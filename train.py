@@ -34,7 +34,7 @@ from models.fine_tuning import load_starting_model, read_starting_checkpoint
 from training import methods as training_methods
 from training.arguments import augmentation_config, parse_arguments, public_config
 from training.batch_norm import synchronize_batch_norm
-from training.hardware import configure_cpu_threads, cpu_has_fast_bf16, hardware_description
+from training.hardware import configure_cpu_threads, cpu_bf16_advice, hardware_description
 from training.hub import HubPushError, open_hub_pusher, redact_argv
 from training.optimization import build_optimizer, build_scheduler, fused_optimizer_pays
 from training.run_records import check_output_dir, clear_run_folder, write_run_config
@@ -235,9 +235,12 @@ def main(argv=None, methods=None):
     if accelerator.is_main_process:
         logger.info(f"CPU threads per process: {threads} ({why})")
     set_seed(args.seed)
-    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and not cpu_has_fast_bf16():
-        logger.warning("bf16 on this CPU (no AMX / AVX-512 BF16) is emulated and much slower than fp32: launch with "
-                       "--mixed_precision no.")
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and accelerator.is_main_process:
+        pays, measured = cpu_bf16_advice()
+        if pays:
+            logger.info(measured)
+        else:
+            logger.warning(f"{measured}: bf16 training will be slower than fp32 here; launch with --mixed_precision no.")
 
     # 3. Data, model and methods. Everything that can be wrong is found here, before anything is written.
     try:

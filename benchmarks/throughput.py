@@ -25,7 +25,7 @@ Ours: exactly the step train.py runs (`training.trainer.make_batch` and `trainin
 batches by index from a prepared `training_loader`, `BatchTransform(<augmentation>, <image size>)` on the device, the
 model's forward under accelerate's mixed precision (`Accelerator(mixed_precision="bf16")` wraps the forward in
 autocast), `train.training_loss`, `accelerator.backward`, `accelerator.clip_grad_norm_(1.0)`, the recipe's optimiser
-(`build_optimizer`), a cosine scheduler.
+(`build_optimizer`, with the fused update where train.py uses it), a cosine scheduler.
 
 The anchor, what a researcher would write instead: lucidrains' `vit-pytorch` built from ours' config, so at the same
 geometry (image_size, patch_size, dim = hidden_size, depth = num_hidden_layers, heads = num_attention_heads,
@@ -94,7 +94,7 @@ import data  # noqa: E402
 import models  # noqa: E402
 from training.arguments import AUGMENTATION_OVERRIDES, augmentation_config  # noqa: E402
 from training.methods import MethodList  # noqa: E402
-from training.optimization import build_optimizer, build_scheduler, training_loss  # noqa: E402
+from training.optimization import build_optimizer, build_scheduler, fused_optimizer_pays, training_loss  # noqa: E402
 from training.recipes import recipe_defaults  # noqa: E402
 from training.trainer import make_batch, training_step  # noqa: E402
 from data_pipeline import SHARED_DATA_DIR, PerSampleDataset, per_sample_transform  # noqa: E402
@@ -256,7 +256,7 @@ def ours(name: str, settings: SimpleNamespace, accelerator, split, mean, std, ar
     transform = data.BatchTransform(augmentation, model.config.image_size, mean, std).to(accelerator.device)
     loader = data.training_loader(len(split), args.batch_size, seed=args.seed, drop_last=True,
                                   num_processes=accelerator.num_processes)
-    optimizer = build_optimizer(settings.optimizer, model)
+    optimizer = build_optimizer(settings.optimizer, model, fused=fused_optimizer_pays(accelerator))
     scheduler = build_scheduler(settings.lr_scheduler_type, optimizer, 10, 10**6)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     model.train()
