@@ -34,6 +34,7 @@ from models.fine_tuning import load_starting_model, read_starting_checkpoint
 from training import methods as training_methods
 from training.arguments import augmentation_config, parse_arguments, public_config
 from training.batch_norm import synchronize_batch_norm
+from training.compilation import compile_for_training, compile_settings
 from training.hardware import configure_cpu_threads, cpu_bf16_advice, hardware_description
 from training.hub import HubPushError, open_hub_pusher, redact_argv
 from training.optimization import build_optimizer, build_scheduler, fused_optimizer_pays
@@ -116,6 +117,18 @@ def build_or_load_model(args, info):
     return model, start
 
 
+def training_loader(args, num_samples: int, num_processes: int):
+    """The training split's loader (`data.training_loader`; its order draws from no global random stream), or a
+    ValueError naming the flags when the split makes no complete batch."""
+    try:
+        return data.training_loader(num_samples, args.per_device_train_batch_size, seed=args.seed,
+                                    num_processes=num_processes, drop_last=args.dataloader_drop_last,
+                                    repeats=args.repeated_augmentation)
+    except ValueError as error:
+        raise ValueError(f"--per_device_train_batch_size {args.per_device_train_batch_size}"
+                         f"{' with --dataloader_drop_last' if args.dataloader_drop_last else ''}: {error}") from None
+
+
 def prepare_inputs(run: Run, dataset) -> None:
     """Each split as one uint8 tensor on the device; normalisation, the train / eval transforms, the processor.
 
@@ -154,7 +167,8 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
         trainer.writer = accelerator.get_tracker("tensorboard", unwrap=True)
         start_hparams_session(trainer.writer, hparams)
     trainer.command = " ".join(["accelerate launch train.py", *redact_argv(sys.argv[1:] if argv is None else argv)])
-    trainer.hardware = hardware_description(accelerator)
+    trainer.hardware = hardware_description(
+        accelerator, (args.torch_compile_backend, args.torch_compile_mode) if args.torch_compile else None)
 
     def to_pixels(images):  # model inputs back to [0, 1] pixels (the first 3 channels), to look at
         scale, shift = (torch.tensor(v[:3], device=images.device).view(1, -1, 1, 1) for v in (run.std, run.mean))
@@ -178,6 +192,7 @@ def open_trackers(trainer: Trainer, methods, config: dict, argv) -> None:
                     f"{trainer.updates_per_epoch} updates per epoch × {trainer.num_epochs} epochs, global batch "
                     f"{args.per_device_train_batch_size} × {accelerator.num_processes} processes × "
                     f"{args.gradient_accumulation_steps} accumulation"
+                    + ("; last incomplete batch dropped" if args.dataloader_drop_last else "")
                     + (f"; training methods: {', '.join(methods.names())}" if methods else ""))
 
 
@@ -235,6 +250,7 @@ def main(argv=None, methods=None):
     if accelerator.is_main_process:
         logger.info(f"CPU threads per process: {threads} ({why})")
     set_seed(args.seed)
+    compiled = compile_settings(args, accelerator)  # before anything is prepared or recorded
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and accelerator.is_main_process:
         pays, measured = cpu_bf16_advice()
         if pays:
@@ -259,6 +275,7 @@ def main(argv=None, methods=None):
         run = Run(args, accelerator, output_dir, info, model, augmentation=augmentation_config(args),
                   starting_checkpoint=start)
         method_list = training_methods.build_methods(args, methods)
+        train_loader = training_loader(args, len(dataset["train"]), accelerator.num_processes)
         check_output_dir(output_dir, public_config(args), bool(args.resume_from_checkpoint), args.overwrite_output_dir)
         checkpoint, resumed_state = resolve_resume(run, method_list)
         method_list.check(run)
@@ -280,8 +297,6 @@ def main(argv=None, methods=None):
         method_list.before_training(run)
 
     # 5. Loaders, optimizer and schedule, prepared by accelerate; then the methods' own setup.
-    train_loader = data.training_loader(len(run.train_split), args.per_device_train_batch_size, seed=args.seed,
-                                        num_processes=accelerator.num_processes, repeats=args.repeated_augmentation)
     train_loader, validation_loader, test_loader = accelerator.prepare(  # prepared once: part of every saved state
         train_loader,
         *(data.index_loader(len(split), args.per_device_eval_batch_size) if split is not None else None
@@ -296,6 +311,12 @@ def main(argv=None, methods=None):
     for module in method_list.trainable_modules():
         accelerator.prepare(module)
     method_list.setup(run)
+    if compiled is not None:  # in place, on the module itself: a DDP wrapper around it calls the compiled forward
+        compile_for_training(accelerator.unwrap_model(run.model), *compiled)
+        if accelerator.is_main_process:
+            logger.info(f"torch.compile (backend {compiled[0]}, mode {compiled[1] or 'default'}, static shapes): the "
+                        "first updates compile the training step, once per batch shape; validation and test run "
+                        "eagerly.")
     trainer = Trainer(run, method_list, optimizer, scheduler, train_loader, validation_loader, test_loader,
                       max_train_steps)
     trainer.pusher = pusher if accelerator.is_main_process else None

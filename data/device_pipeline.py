@@ -306,6 +306,7 @@ def training_loader(num_samples: int, batch_size: int, seed: int, num_processes:
     sampler = GlobalBatchSampler(num_samples, global_batch_size, num_processes, drop_last)
     if len(sampler) == 0:
         raise ValueError(f"{num_samples} samples make no complete global batch of {global_batch_size} "
-                         f"(drop_last={drop_last}); lower the batch size.")
+                         f"(drop_last={drop_last}); lower the batch size"
+                         f"{' or keep the last, incomplete batch' if drop_last else ''}.")
     return IndexLoader(dataset, batch_sampler=sampler, collate_fn=_as_batch, num_workers=0,
                        generator=torch.Generator().manual_seed(seed))

@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # One prepared command for a GPU machine: what the project cannot measure on a CPU, in at most 10 minutes.
-# STAGES (default "sweep") picks among:
+# STAGES (default "sweep") picks among, run in this order:
 #   throughput: benchmarks/throughput.py on the GPU (ours vs the vit-pytorch anchor, bf16 and fp32);
+#   compile:    train.py's steps/s eager against --torch_compile --torch_compile_mode reduce-overhead (COMPILE_MODE),
+#               BloodMNIST vit and vit_lsa (COMPILE_MODELS), COMPILE_STEPS updates (300) with --dataloader_drop_last
+#               (one batch shape), each model alone and COMPILE_JOBS (3) runs at once; each run's steps/s after its
+#               first logging window (all_results.json `training_speed`; the first window holds the compilation) and
+#               its process time -> $WORK/compile_steps.json and compile_steps.txt (experiments/compile_steps.py).
+#               Within COMPILE_S (200 s): runs that do not fit are skipped or cut, and the table says so.
+#               STAGES="compile sweep" is the order when one GPU call must answer both (SWEEP_S then defaults to
+#               480 - COMPILE_S; a faster sweep may then take TRAIN_ARGS="--torch_compile ..." if compiling paid).
 #   seed:       the seed's BloodMNIST ViT + SPT + LSA recipe (50 epochs), timed end to end;
 #   sweep:      BloodMNIST rows (default recipe: vit, vit_conv_lsa × seeds 0 1 2) through
 #               experiments/run_results.py, all runs at once on the one GPU (SWEEP_MODELS to choose others: e.g.
@@ -23,7 +31,10 @@
 # Afterwards, on the development machine:  tar xzf <copied back>/device_results.tar.gz -C runs/   then
 #   python experiments/run_results.py --collect_only --runs_dir runs/device/runs ...
 # Budgets (seconds) are environment variables: THROUGHPUT_S, SEED_RECIPE_S, SWEEP_S (480: leave the call's start,
-# the install and the archive time inside the 10 minutes). The image's own torch (2.11 on 2026-12-04) is used.
+# the install and the archive time inside the 10 minutes), COMPILE_S. The image's own torch (2.11 on 2026-12-04) is
+# used. A dry run on a CPU, with .devdata a folder (or a link to one) holding bloodmnist.npz:
+#   DEVICE=cpu SKIP_INSTALL=1 PYTHON=.venv/bin/python STAGES=compile COMPILE_STEPS=12 COMPILE_JOBS=2 COMPILE_S=900 \
+#       COMPILE_MODE=default bash experiments/device_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +77,39 @@ timeout "${THROUGHPUT_S:-150}" $PYTHON benchmarks/throughput.py --device "$DEVIC
     --json "$WORK/throughput.json" ${THROUGHPUT_ARGS:-} 2>&1 | tee "$WORK/throughput.log"
 fi
 
+if [[ " $STAGES " == *" compile "* ]]; then
+COMPILE_MODELS="${COMPILE_MODELS:-vit vit_lsa}"
+COMPILE_JOBS=${COMPILE_JOBS:-3}
+echo "== torch.compile (${COMPILE_MODE:-reduce-overhead}): BloodMNIST $COMPILE_MODELS, ${COMPILE_STEPS:-300} updates, eager" \
+    "against compiled, alone and $COMPILE_JOBS at once, within ${COMPILE_S:-200} s"
+compile_deadline=$(( $(date +%s) + ${COMPILE_S:-200} ))
+rm -rf "$WORK/compile" && mkdir -p "$WORK/compile"
+MPS_CONTROL=$(command -v nvidia-cuda-mps-control)
+[ -n "$MPS_CONTROL" ] && "$MPS_CONTROL" -d && echo "MPS on"
+compile_run() {  # name model eager|compiled: one train.py run into $WORK/compile/<name>, within what COMPILE_S leaves
+    local name=$1 model=$2 flags="" left=$(( compile_deadline - $(date +%s) )) start=$(date +%s) status
+    [ "$3" = compiled ] && flags="--torch_compile --torch_compile_mode ${COMPILE_MODE:-reduce-overhead}"
+    if [ "$left" -lt 15 ]; then printf '%s\tskipped\t0\n' "$name" >> "$WORK/compile/runs.tsv"; return; fi
+    # --dataloader_drop_last: one batch shape, so no second compilation inside the measured windows.
+    timeout "$left" $LAUNCH train.py --model "$model" --dataset bloodmnist --data_dir .devdata --skip_test \
+        --report_to none --output_dir "$WORK/compile/$name" --checkpoints_total_limit 1 --dataloader_drop_last \
+        --max_train_steps "${COMPILE_STEPS:-300}" $flags $EXTRA > "$WORK/compile/$name.log" 2>&1
+    status=$?
+    printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - start ))" >> "$WORK/compile/runs.tsv"
+}
+# Alone first (the first compiled run also fills inductor's cache, which the runs at once then read), one model after
+# the other, so that a run out of budget cuts the last comparison, not all of them.
+for model in $COMPILE_MODELS; do
+    for variant in eager compiled; do compile_run "$model-$variant-alone" "$model" "$variant"; done
+    for variant in compiled eager; do
+        for i in $(seq 1 "$COMPILE_JOBS"); do compile_run "$model-$variant-at-once-$i" "$model" "$variant" & done
+        wait
+    done
+done
+[ -n "$MPS_CONTROL" ] && echo quit | "$MPS_CONTROL"
+$PYTHON experiments/compile_steps.py "$WORK/compile" "$WORK/compile_steps.json" 2>&1 | tee "$WORK/compile_steps.txt"
+fi
+
 if [[ " $STAGES " == *" seed "* ]]; then
 echo "== the seed's BloodMNIST ViT + SPT + LSA recipe, 50 epochs"
 start=$(date +%s)
@@ -85,6 +129,7 @@ MPS_CONTROL=$(command -v nvidia-cuda-mps-control)
 [ -n "$MPS_CONTROL" ] && "$MPS_CONTROL" -d && echo "MPS on"
 $LAUNCH train.py --model vit --dataset bloodmnist --data_dir .devdata --output_dir "$WORK/cache-warm-up" --report_to none \
     --max_train_steps 1 --skip_test > "$WORK/cache-warm-up.log" 2>&1
+[[ " $STAGES " == *" compile "* ]] && SWEEP_S=${SWEEP_S:-$(( 480 - ${COMPILE_S:-200} ))}
 timeout "${SWEEP_S:-480}" $PYTHON experiments/run_results.py --datasets bloodmnist --models $SWEEP_MODELS \
     --seeds 0 1 2 --jobs $(( 3 * $(wc -w <<< "$SWEEP_MODELS") )) --data_dir .devdata --runs_dir "$WORK/runs" --results_dir "$WORK/results" \
     --launch "$LAUNCH" --train_args "--report_to none --checkpoints_total_limit 1 ${TRAIN_ARGS:-} $EXTRA" \

@@ -15,18 +15,21 @@ TINY_VIT = "image_size=28,patch_size=7,hidden_size=16,num_hidden_layers=1,attent
 
 
 def train_tiny_vit(data_dir, output_dir, *extra, epochs: int = 3, batch_size: int = 32,
-                   launch_args: list[str] | None = None) -> Path:
+                   launch_args: list[str] | None = None, env: dict | None = None, stderr_log: Path | None = None) -> Path:
     """Train for `epochs` epochs (validation only, no TensorBoard, one thread) with `extra` arguments; returns the
     run folder. With `launch_args` the run goes through `accelerate launch <launch_args>` on the CPU (e.g. two
-    processes). A failed run fails the test with the end of its stderr."""
+    processes); `env` adds environment variables; `stderr_log` keeps the run's stderr (its log) in that file. A failed
+    run fails the test with the end of its stderr."""
     launcher = [] if launch_args is None else ["-m", "accelerate.commands.launch", *launch_args]
     command = [sys.executable, *launcher, "train.py", "--model", "vit_lsa", "--dataset", "breastmnist", "--data_dir",
                str(data_dir), "--no_verify_checksum", "--output_dir", str(output_dir), "--num_train_epochs",
                str(epochs), "--per_device_train_batch_size", str(batch_size), "--report_to", "none",
                "--config_overrides", TINY_VIT, "--checkpoints_total_limit", "5", "--skip_test", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           **({} if launch_args is None else {"ACCELERATE_USE_CPU": "1"})}
+           **({} if launch_args is None else {"ACCELERATE_USE_CPU": "1"}), **(env or {})}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if stderr_log is not None:
+        Path(stderr_log).write_text(result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]
     return Path(output_dir)
 

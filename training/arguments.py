@@ -32,6 +32,7 @@ from data.arguments import DataSourceArguments, arg, data_name, resolve_data_sou
 from metrics.flip_averaging import LEGACY_CONFIG_FIELD, legacy_flip_averaging
 from models.fine_tuning import read_starting_checkpoint
 
+from .compilation import COMPILE_MODES, DEFAULT_BACKEND, check_compile_arguments
 from .recipes import RECIPE_NAMES, fine_tuning_defaults, recipe_defaults
 from .run_records import with_current_names
 
@@ -126,6 +127,18 @@ class TrainingArguments:
                                       "averaged with its left-right mirror image's (evaluate.py --flip_averaging).")
     skip_test: bool = arg(False, "Never touch the test split (hyperparameter searches): all_results.json gets "
                                  "test_metrics null.")
+    dataloader_drop_last: bool = arg(False, "Drop each epoch's last, incomplete global training batch (changes the "
+                                            "result: fewer updates an epoch). With --torch_compile that batch would "
+                                            "otherwise compile its own graph once.")
+    torch_compile: bool = arg(False, "Compile the model's training step with torch.compile, in place (saved weights "
+                                     "keep their names; validation and test run eagerly). For small models whose GPU "
+                                     "step is bound by kernel launches; costs compile time at the start (and at each "
+                                     "new batch shape).")
+    torch_compile_backend: str | None = arg(None, "With --torch_compile: the torch.compile backend (default "
+                                                  f"{DEFAULT_BACKEND}).")
+    torch_compile_mode: Literal[COMPILE_MODES] | None = arg(
+        None, "With --torch_compile: torch.compile's mode (default: torch's default). reduce-overhead replays each "
+              "step as a CUDA graph (GPUs).")
 
 
 @dataclasses.dataclass
@@ -327,6 +340,10 @@ def check_arguments(args, parser) -> None:
                                                 or int(args.checkpointing_steps) < 1):
         parser.error(f"--checkpointing_steps must be a number of steps (>= 1) or 'epoch', got "
                      f"{args.checkpointing_steps!r}.")
+    try:
+        check_compile_arguments(args)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def augmentation_config(args) -> data.AugmentationConfig:

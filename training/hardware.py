@@ -111,7 +111,9 @@ def _local_processes(accelerator) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", max(1, accelerator.num_processes)))
 
 
-def hardware_description(accelerator) -> dict:
+def hardware_description(accelerator, compiled: tuple[str, str | None] | None = None) -> dict:
+    """What the run ran on, and how: device, processes, precision, threads, torch, and `compiled` (the
+    --torch_compile backend and mode, or None), which change the speed figures beside it."""
     if accelerator.device.type == "cuda":
         device_name = torch.cuda.get_device_name(accelerator.device)
     else:
@@ -123,11 +125,14 @@ def hardware_description(accelerator) -> dict:
         "cpu_count": os.cpu_count(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "torch_compile": None if compiled is None else " ".join(part for part in compiled if part),
     }
     return {**hardware, "description": describe_hardware(hardware)}
 
 
 def describe_hardware(hardware: dict) -> str:
-    """One line for tables: "1 × AMD EPYC, fp32, torch 2.14.1" (accelerate's mixed precision "no" is fp32)."""
+    """One line for tables: "1 × AMD EPYC, fp32, torch 2.14.1" (accelerate's mixed precision "no" is fp32), with
+    ", compiled (inductor reduce-overhead)" before torch for a --torch_compile run."""
     precision = "fp32" if hardware["mixed_precision"] == "no" else hardware["mixed_precision"]
-    return f"{hardware['num_processes']} × {hardware['device']}, {precision}, torch {hardware['torch']}"
+    compiled = f", compiled ({hardware['torch_compile']})" if hardware.get("torch_compile") else ""
+    return f"{hardware['num_processes']} × {hardware['device']}, {precision}{compiled}, torch {hardware['torch']}"

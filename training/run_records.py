@@ -121,9 +121,12 @@ def _write_record(path: Path, text: str) -> Path:
 RUN_FOLDER_ENTRIES = (RUN_CONFIG, ALL_RESULTS, "best", "last", "mae", "checkpoints", "runs",
                       "validation_predictions", ".hub_staging", ".tmp-*", "*-eval-*")
 # Arguments that do not change what a run computes: a resumed run may differ from its recorded one in these only.
+# Compiling changes float rounding only (tests/test_torch_compile.py: within 1e-4 of eager), so a run may be resumed
+# compiled or not; --dataloader_drop_last changes the updates and is not here.
 OUTCOME_NEUTRAL = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "data_dir", "report_to",
                    "logging_steps", "checkpointing_steps", "checkpoints_total_limit", "save_validation_predictions",
-                   "per_device_eval_batch_size", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"}
+                   "per_device_eval_batch_size", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo",
+                   "torch_compile", "torch_compile_backend", "torch_compile_mode"}
 
 
 def _json_value(value):

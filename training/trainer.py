@@ -29,6 +29,7 @@ import metrics
 import models
 from metrics.plots import confusion_matrix_figure
 
+from .compilation import eager
 from .checkpointing import (check_checkpoint_files, read_best_weights, read_method_states, read_trainer_state,
                             resolve_checkpoint, save_checkpoint)
 from models.integrity import write_manifest
@@ -224,6 +225,8 @@ class Trainer:
         self.progress = None
         self.running_loss = torch.zeros((), device=accelerator.device)
         self.window = (time.time(), 0, 0)  # start, images, steps of the current logging window
+        # The training speed of this process's run: the first logging window apart (warm-up, compilation).
+        self.speed = {"first_window_seconds": None, "images": 0, "steps": 0, "seconds": 0.0}
 
     def resume(self, checkpoint: Path, state: dict) -> None:
         """Continue from a supervised checkpoint: accelerate's state, the trainer state, the best weights so far and
@@ -251,6 +254,11 @@ class Trainer:
             if self.done:
                 break
         self.progress.close()
+        speed = self.training_speed()
+        if self.accelerator.is_main_process and speed["images_per_second"] is not None:
+            logger.info(f"training speed: {speed['images_per_second']:.0f} images/s, {speed['steps_per_second']:.2f} "
+                        f"steps/s after the first logging window ({speed['first_window_seconds']:.1f} s: warm-up"
+                        f"{', compilation' if self.args.torch_compile else ''})")
 
     def train_one_epoch(self, epoch: int) -> None:
         """The epoch's updates (the batches a resumed run has already seen skipped), logging and step checkpoints."""
@@ -260,6 +268,8 @@ class Trainer:
         skip = self.state["batches_in_epoch"] if epoch == self.state["epoch"] else 0
         loader = accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
         self.state["batches_in_epoch"] = skip
+        if not self.window[2]:  # the window's clock starts with training, not before validation or the set-up
+            self.window = (time.time(), 0, 0)
         for samples in loader:
             batch = make_batch(run.train_split, samples, run.train_transform, run.augmentation, run.info.num_labels,
                                self.args.seed, epoch)
@@ -296,11 +306,17 @@ class Trainer:
         """The mean loss, learning rate and images per second of the window since the last log."""
         self.check_finite()
         start, images, steps = self.window
-        mean_loss = self.accelerator.reduce(self.running_loss, reduction="mean").item() / steps
+        mean_loss = self.accelerator.reduce(self.running_loss, reduction="mean").item() / steps  # waits for the step
+        seconds = time.time() - start
         self.accelerator.log({"train/loss": mean_loss, "train/learning_rate": self.scheduler.get_last_lr()[0],
-                              "train/images_per_second": images / (time.time() - start), "train/epoch": epoch},
+                              "train/images_per_second": images / seconds, "train/epoch": epoch},
                              step=self.state["global_step"])
-        self.progress.set_postfix(loss=f"{mean_loss:.4f}")
+        self.progress.set_postfix(loss=f"{mean_loss:.4f}", images_per_s=f"{images / seconds:.0f}")
+        if self.speed["first_window_seconds"] is None:
+            self.speed["first_window_seconds"] = seconds
+        else:
+            self.speed.update(images=self.speed["images"] + images, steps=self.speed["steps"] + steps,
+                              seconds=self.speed["seconds"] + seconds)
         self.running_loss.zero_()
         self.window = (time.time(), 0, 0)
 
@@ -309,9 +325,10 @@ class Trainer:
         epoch checkpoints, the checkpoint."""
         run, args, accelerator, state = self.run, self.args, self.accelerator, self.state
         evaluated = self.methods.evaluated_model(run.model)
-        results, logits, labels = validate(evaluated, run.validation_split, run.eval_transform, accelerator,
-                                           args.per_device_eval_batch_size, run.info, loader=self.validation_loader,
-                                           flip_averaging=args.flip_averaging)
+        with eager():  # a compiled model (--torch_compile) validates eagerly: see training.compilation.eager
+            results, logits, labels = validate(evaluated, run.validation_split, run.eval_transform, accelerator,
+                                               args.per_device_eval_batch_size, run.info,
+                                               loader=self.validation_loader, flip_averaging=args.flip_averaging)
         accelerator.log({f"validation/{k}": results[k] for k in ("acc", "auc", "balanced_acc", "ece", "loss")
                          if results[k] is not None}, step=state["global_step"])
         if self.writer is not None:
@@ -356,7 +373,17 @@ class Trainer:
             "dataset": {**dataclasses.asdict(self.run.info),
                         "license_id": "cc-by-4.0" if self.run.info.source == "medmnist" else "other"}, "command": self.command,
             "hardware": self.hardware, "wall_clock_seconds": self.run.wall_clock(),
+            "training_speed": self.training_speed(),
         }
+
+    def training_speed(self) -> dict:
+        """Images and steps (training batches) per second on this process's run, without its first logging window,
+        whose time goes to warm-up and, with --torch_compile, compilation (its seconds are given apart); None when
+        the run logged one window only (fewer than 2 × --logging_steps updates, or one short epoch)."""
+        images, steps, seconds = (self.speed[key] for key in ("images", "steps", "seconds"))
+        return {"images_per_second": images / seconds if seconds else None,
+                "steps_per_second": steps / seconds if seconds else None,
+                "first_window_seconds": self.speed["first_window_seconds"]}
 
     def test(self) -> dict | None:
         """The best model (chosen on validation) on the test split, once; None with --skip_test or off the main
@@ -365,9 +392,10 @@ class Trainer:
         accelerator.unwrap_model(run.model).load_state_dict(self.best_weights)
         if self.args.skip_test:
             return None
-        scores, labels = metrics.predict(run.model, run.test_split, run.eval_transform, accelerator,
-                                         self.args.per_device_eval_batch_size, run.info.task, desc="Testing",
-                                         loader=self.test_loader, flip_averaging=self.args.flip_averaging)
+        with eager():
+            scores, labels = metrics.predict(run.model, run.test_split, run.eval_transform, accelerator,
+                                             self.args.per_device_eval_batch_size, run.info.task, desc="Testing",
+                                             loader=self.test_loader, flip_averaging=self.args.flip_averaging)
         if not accelerator.is_main_process:
             return None
         return metrics.compute_metrics(scores, labels, run.info.task, run.info.label_names, seed=self.args.seed)
