@@ -152,3 +152,18 @@ def test_the_fused_optimizer_update_is_used_in_mixed_precision_only_on_a_cpu(fre
     args = functools.partial(dict, optimizer="adamw", learning_rate=1e-3, weight_decay=0.05, momentum=0.9)()
     optimizer = build_optimizer(type("Args", (), args), torch.nn.Linear(4, 2), fused=fused_optimizer_pays(accelerator))
     assert all(bool(group["fused"]) is fused for group in optimizer.param_groups)
+
+
+def test_the_bf16_advice_comes_from_rates_measured_on_this_cpu():
+    """The start-up line names this CPU's bf16 instructions and the two rates it measured; bf16 "pays" exactly when
+    its rate is the higher one (train.py warns otherwise)."""
+    import re
+
+    from training.hardware import cpu_bf16_advice, cpu_bf16_features
+
+    pays, line = cpu_bf16_advice()
+    bf16, fp32 = (float(x) for x in re.search(r": (\d+) GFLOP/s against (\d+) in fp32", line).groups())
+    assert bf16 > 0 and fp32 > 0
+    assert (", ".join(cpu_bf16_features()) or "neither AMX nor AVX-512 BF16") in line
+    if abs(bf16 - fp32) >= 1:  # the line rounds; a tie within rounding could go either way
+        assert pays is (bf16 > fp32)
