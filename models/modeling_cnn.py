@@ -10,6 +10,7 @@ from transformers.utils import can_return_tuple
 
 from .base_model_layout import BaseModelLayoutMixin
 from .configuration_cnn import MedCNNConfig
+from .cpu_layout import channels_last_on_low_precision_cpu
 from .input_checks import prepare_pixel_values
 
 
@@ -73,6 +74,8 @@ class MedCNNModel(MedCNNPreTrainedModel):
         modules = list(self.features)
         for index, module in enumerate(modules):
             hidden_states = module(hidden_states)
+            if index == 0:
+                hidden_states = channels_last_on_low_precision_cpu(hidden_states)
             followed_by_pooling = index + 1 < len(modules) and isinstance(modules[index + 1], nn.MaxPool2d)
             if output_hidden_states and not followed_by_pooling:
                 all_hidden_states += (hidden_states,)

@@ -17,6 +17,7 @@ from transformers.utils import can_return_tuple
 
 from .base_model_layout import BaseModelLayoutMixin
 from .configuration_vit import MedViTConfig
+from .cpu_layout import channels_last_on_low_precision_cpu
 from .input_checks import prepare_pixel_values
 
 
@@ -95,7 +96,12 @@ class ConvolutionalTokenizer(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.blocks(pixel_values).flatten(2).transpose(1, 2)
+        hidden_states = pixel_values
+        for module in self.blocks:
+            hidden_states = module(hidden_states)
+            if isinstance(module, nn.Conv2d):
+                hidden_states = channels_last_on_low_precision_cpu(hidden_states)
+        return hidden_states.flatten(2).transpose(1, 2)
 
 
 class MedViTEmbeddings(nn.Module):

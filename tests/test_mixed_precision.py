@@ -167,3 +167,26 @@ def test_the_bf16_advice_comes_from_rates_measured_on_this_cpu():
     assert (", ".join(cpu_bf16_features()) or "neither AMX nor AVX-512 BF16") in line
     if abs(bf16 - fp32) >= 1:  # the line rounds; a tie within rounding could go either way
         assert pays is (bf16 > fp32)
+
+
+@pytest.mark.parametrize("name", ["cnn", "vit_conv_lsa"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_max_pooling_runs_on_channels_last_memory_in_bf16_only(name, bf16):
+    """bf16 on a CPU: the convolutional features reach every max-pool in channels-last memory (torch's fast CPU
+    kernel for it); fp32: contiguous, as before. Either way the logits are the same function of the image."""
+    channels, classes = 1, 2
+    model = default_model(name, "breastmnist", channels, classes) if name != "cnn" else models.build_model(
+        "cnn", channels, classes, image_size=28).train()
+    layouts = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.MaxPool2d):
+            module.register_forward_hook(lambda _, inputs, __: layouts.append(
+                (inputs[0].is_contiguous(memory_format=torch.channels_last), inputs[0].is_contiguous())))
+    pixel_values = torch.randn(8, channels, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model.eval()(pixel_values=pixel_values).logits
+    assert layouts and all(layout == ((True, False) if bf16 else (False, True)) for layout in layouts), layouts
+    if bf16:
+        with torch.no_grad():
+            reference = model(pixel_values=pixel_values).logits
+        torch.testing.assert_close(logits.float(), reference, rtol=0.05, atol=0.05 * reference.abs().max().item())

@@ -1,4 +1,4 @@
-"""Models issue: shapes, SPT and LSA mechanics, from_pretrained round trip, pipeline, learning, bad input."""
+"""Models: shapes, SPT and LSA mechanics, from_pretrained round trip, pipeline, learning, bad input."""
 
 import json
 import os
