@@ -1,11 +1,11 @@
 """Where a training step's time goes: train.py's own step (as `benchmarks/throughput.py` builds it) under
 `torch.profiler`, per operator, with the dtypes each operator ran in and the casts between precisions.
 
-    .venv/bin/python benchmarks/profile_step.py --model vit_lsa --dtype bf16                  # default geometry
-    .venv/bin/python benchmarks/profile_step.py --model vit --dataset bloodmnist --dtype fp32 bf16
-    .venv/bin/python benchmarks/profile_step.py --model vit_lsa --geometry seed --by_shape
+    .venv/bin/python benchmarks/profile_step.py --models vit_lsa --dtype bf16                 # default geometry
+    .venv/bin/python benchmarks/profile_step.py --models vit --dataset bloodmnist --dtype fp32 bf16
+    .venv/bin/python benchmarks/profile_step.py --models vit_lsa --geometry seed --by_shape
 
-For each dtype: images/s over `--steps` steps after `--warmup`, then `--profiled` steps under the profiler: the
+The step, data and options are `benchmarks/throughput.py`'s (ours only). For each model and dtype: images/s over `--steps` steps after `--warmup`, then `--profiled` steps under the profiler: the
 operators by self time (ms per step, share of the step, calls per step, the dtypes of their tensor inputs), and the
 casts (`aten::_to_copy` between floating dtypes: how many per step, MB moved, which direction). The dtypes come from a
 `TorchDispatchMode` over one more step, which sees every aten call with its arguments.
@@ -86,37 +86,26 @@ def profile_dtype(name: str, dtype: str, split, mean, std, args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Every other option is benchmarks/throughput.py's (--models, --dtype, "
+                                            "--geometry, --dataset, --steps, --warmup, --threads, --compile, ...).")
     add = parser.add_argument
-    add("--model", default="vit_lsa", choices=throughput.MODELS)
-    add("--dtype", nargs="+", default=["fp32", "bf16"], choices=tuple(throughput.DTYPES))
-    add("--geometry", default="default", choices=("default", "seed"))
-    add("--dataset", default="breastmnist")
-    add("--size", type=int, default=28)
-    add("--batch_size", type=int, default=128)
-    add("--steps", type=int, default=10, help="timed steps (images/s)")
-    add("--warmup", type=int, default=5, help="untimed steps first (oneDNN's first bf16 steps are slow)")
     add("--profiled", type=int, default=3, help="steps under the profiler")
     add("--rows", type=int, default=25)
     add("--by_shape", action="store_true", help="one row per operator and input shapes")
-    add("--threads", type=int, default=None)
-    add("--device", default="cpu")
-    add("--data_dir", default=None)
-    add("--synthetic", action="store_true", help="a synthetic file instead of the real data")
-    add("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    # What `throughput.ours` and `load_training_split` read besides these.
-    args.compile, args.quick, args.cache_dir = False, False, None
+    own, rest = parser.parse_known_args(argv)
+    args = argparse.Namespace(**vars(throughput.parse_args(rest)), **vars(own))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cpu":
+    if args.device == "cpu" and not args.no_tune_allocator:
         throughput.tune_cpu_allocator()
     split, source = throughput.load_training_split(args)
     mean, std = throughput.data.channel_mean_std(split.images)
     print(f"{args.dataset} ({source}), batch {args.batch_size}, {torch.get_num_threads()} threads, "
           f"{throughput.machine_description(torch.device(args.device))}")
-    for dtype in args.dtype:
-        profile_dtype(args.model, dtype, split, mean, std, args)
+    for name in args.models:
+        for dtype in args.dtype:
+            profile_dtype(name, dtype, split, mean, std, args)
     throughput.reset_accelerate()
     return 0
 

@@ -171,6 +171,19 @@ def test_quick_mode_runs_both_pipelines_and_reports(benchmark, tmp_path, monkeyp
     printed = capsys.readouterr().out
     assert "ours / anchor" in printed and "img/s best" in printed
 
+def test_the_step_profile_takes_the_benchmarks_options_and_reports_dtypes_and_casts(tmp_path, capsys):
+    """benchmarks/profile_step.py: its own options, every other one the benchmark's (here --quick, --synthetic,
+    --models, --dtype); per operator the dtypes it ran in, and the step's casts (none in fp32, both ways in bf16)."""
+    profile_step = load_script("profile_step")
+    assert profile_step.main(["--quick", "--synthetic", "--cache_dir", str(tmp_path / "cache"), "--models", "vit",
+                              "--dtype", "fp32", "bf16", "--profiled", "1", "--rows", "5"]) == 0
+    printed = capsys.readouterr().out
+    fp32, bf16 = printed.split("== vit, default geometry, bf16")
+    assert "default geometry, fp32" in fp32 and "batch 8" in fp32
+    assert "casts between floating dtypes in one step: none" in fp32
+    assert "fp32->bf16" in bf16 and "bf16->fp32" in bf16 and "bf16 " in bf16.split("casts")[0]
+
+
 def reference_attention_forward(self, hidden_states, output_attentions=False):
     """The attention as plain fp32 ops: the written-out softmax of `attention_probabilities`, then the values."""
     probs = self.attention_probabilities(hidden_states.float())
